@@ -1,0 +1,13 @@
+from ..dispatch import use_fused
+from .naive import short_conv_gate_reference, short_conv_gate_step_reference
+
+
+def short_conv_gate(u, g, weight, bias, *, initial_state=None, output_final_state=False):
+    """silu(causal_depthwise_conv1d(u) + bias) * g; u, g [B, T, C], weight [C, K], bias [C]."""
+    return short_conv_gate_reference(u, g, weight, bias, initial_state=initial_state,
+                                     output_final_state=output_final_state)
+
+
+def short_conv_gate_step(u, g, conv_state, weight, bias):
+    """One decode step; conv_state [B, C, K-1] updated in place."""
+    return short_conv_gate_step_reference(u, g, conv_state, weight, bias)

@@ -1,0 +1,7 @@
+from ..dispatch import use_fused
+from .naive import sliding_window_attention_flex, sliding_window_attention_sdpa, sliding_window_mask
+
+
+def sliding_window_attention(q, k, v, *, window, scale=None):
+    """Causal softmax attention over keys i-window .. i; q, k, v [B, T, H, D]."""
+    return sliding_window_attention_sdpa(q, k, v, window=window, scale=scale)
