@@ -28,7 +28,7 @@ setup(
     ],
     extras_require={
         "kernels": ["triton>=3.0"],
-        "eval": ["lm-eval>=0.4.13"],
-        "test": ["pytest", "triton>=3.0", "lm-eval>=0.4.13"],
+        "eval": ["lm-eval>=0.4.13", "accelerate"],
+        "test": ["pytest", "triton>=3.0", "lm-eval>=0.4.13", "accelerate"],
     },
 )
