@@ -1,0 +1,128 @@
+"""Fused Taylor linear attention (Triton, interpreted on CPU) against the fp64 reference: outputs, all input
+gradients, state in/out, varlen, strided views; fresh random inputs per test."""
+
+import pytest
+import torch
+
+from based_kernels.linear_attention.fused import (FEATURES, linear_attention_fused, linear_attention_step_fused,
+                                                  to_compact, to_public)
+from based_kernels.linear_attention.naive import linear_attention_reference, linear_attention_step
+
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2}
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def random_qkv(b, t, h, d, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, t, h, x, generator=gen).to(dtype).requires_grad_() for x in (16, 16, d)]
+
+
+def reachable_state(n, h, d, seed):
+    """A state some prefix can produce (the normaliser of an arbitrary random state can vanish)."""
+    prefix = [x.detach().double() for x in random_qkv(n, 20, h, d, torch.float32, seed + 1000)]
+    _, (s, z) = linear_attention_reference(*prefix, output_final_state=True)
+    return s.float().requires_grad_(), z.float().requires_grad_()
+
+
+def compare(dtype, b, t, h, d, seed, cu=None, with_state=False, views=False, **knobs):
+    q, k, v = random_qkv(b, t, h, d, dtype, seed)
+    leaves = [q, k, v]
+    if views:    # [B, T, H, X] views of [T, B, H, X] tensors, as the megatron mixers pass them
+        leaves = [x.detach().transpose(0, 1).contiguous().requires_grad_() for x in (q, k, v)]
+        q, k, v = (x.transpose(0, 1) for x in leaves)
+    n_seq = b if cu is None else len(cu) - 1
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    state = reachable_state(n_seq, h, d, seed) if with_state else None
+    if with_state:
+        leaves += list(state)
+    out = linear_attention_fused(q, k, v, cu_seqlens=cu_t, initial_state=state, output_final_state=with_state,
+                                 **knobs)
+    ref_leaves = [x.detach().double().requires_grad_() for x in leaves]
+    rq, rk, rv = ref_leaves[:3]
+    if views:
+        rq, rk, rv = (x.transpose(0, 1) for x in (rq, rk, rv))
+    ref = linear_attention_reference(rq, rk, rv, cu_seqlens=cu_t, output_final_state=with_state,
+                                     initial_state=(ref_leaves[3], ref_leaves[4]) if with_state else None)
+    outs = [out[0], *out[1]] if with_state else [out]
+    refs = [ref[0], *ref[1]] if with_state else [ref]
+    gen = torch.Generator().manual_seed(seed + 7)
+    grads_out = [torch.randn(o.shape, generator=gen).to(o.dtype) for o in outs]
+    grads = torch.autograd.grad(outs, leaves, grads_out)
+    ref_grads = torch.autograd.grad(refs, ref_leaves, [g.double() for g in grads_out])
+    assert outs[0].dtype == dtype and outs[0].shape == (b, t, h, d)
+    for name, got, want in zip(["o", "S", "z"], outs, refs):
+        assert rel_err(got, want) <= TOL[dtype], name
+    for i, (got, want) in enumerate(zip(grads, ref_grads)):
+        assert torch.isfinite(got).all()
+        assert rel_err(got, want) <= TOL[dtype], f"gradient of input {i}"
+
+
+@pytest.mark.parametrize("dtype, b, t, h, d, knobs", [
+    (torch.float32, 2, 37, 2, 24, dict(chunk_size=16)),                      # T not a multiple of the chunk
+    (torch.float32, 1, 5, 2, 16, dict(chunk_size=16)),                       # T < chunk, batch 1
+    (torch.float32, 1, 70, 1, 40, dict(block_d=16)),                         # 3 value blocks, last one masked
+    (torch.float32, 2, 50, 2, 32, dict(chunk_size=16, segment_chunks=1)),    # 4 segments in parallel
+    (torch.float16, 2, 40, 2, 32, dict(chunk_size=16)),
+])
+def test_matches_reference(dtype, b, t, h, d, knobs):
+    compare(dtype, b, t, h, d, seed=t * 31 + d, **knobs)
+
+
+def test_strided_views_of_sequence_first_tensors():
+    compare(torch.float32, 2, 33, 2, 16, seed=3, views=True, chunk_size=16)
+
+
+@pytest.mark.parametrize("segment_chunks", [None, 1])
+def test_state_in_and_out(segment_chunks):
+    compare(torch.float32, 2, 45, 2, 24, seed=5, with_state=True, chunk_size=16, segment_chunks=segment_chunks)
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_varlen_with_length_one_documents(with_state):
+    compare(torch.float32, 1, 50, 2, 24, seed=11, cu=[0, 1, 2, 20, 21, 21, 50], with_state=with_state,
+            chunk_size=16)
+
+
+def test_prefix_state_then_suffix_equals_one_sequence():
+    q, k, v = (x.detach() for x in random_qkv(2, 60, 2, 16, torch.float32, seed=13))
+    whole = linear_attention_fused(q, k, v, chunk_size=16)
+    first, state = linear_attention_fused(q[:, :23], k[:, :23], v[:, :23], output_final_state=True, chunk_size=16)
+    second = linear_attention_fused(q[:, 23:], k[:, 23:], v[:, 23:], initial_state=state, chunk_size=16)
+    assert rel_err(torch.cat([first, second], 1), whole) <= 1e-5
+
+
+def test_compact_state_layout_round_trip():
+    s = torch.randn(2, 3, FEATURES, 8, dtype=torch.float64)
+    sym = to_public(to_compact(s)).double()
+    phi = torch.randn(5, FEATURES, dtype=torch.float64)
+    phi[:, 17:] = (phi[:, 1:17, None] * phi[:, None, 1:17]).flatten(1)       # a symmetric quadratic part
+    assert rel_err(torch.einsum("pm,bhmd->pbhd", phi, sym), torch.einsum("pm,bhmd->pbhd", phi, s)) <= 1e-6
+    assert rel_err(to_public(to_compact(sym)), sym) <= 1e-6
+
+
+@pytest.mark.parametrize("d", [24, 112])
+def test_decode_step_updates_state_in_place(d):
+    gen = torch.Generator().manual_seed(d)
+    q, k = torch.randn(3, 2, 16, generator=gen), torch.randn(3, 2, 16, generator=gen)
+    v = torch.randn(3, 2, d, generator=gen)
+    s, z = reachable_state(3, 2, d, seed=d)
+    s, z = s.detach(), z.detach()
+    s_ref, z_ref = s.double(), z.double()
+    o = linear_attention_step_fused(q, k, v, s, z)
+    o_ref = linear_attention_step(q.double(), k.double(), v.double(), s_ref, z_ref)
+    assert rel_err(o, o_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-6 and rel_err(z, z_ref) <= 1e-6
+
+
+def test_bad_inputs_name_the_problem():
+    q, k, v = (x.detach() for x in random_qkv(2, 8, 2, 16, torch.float32, seed=1))
+    with pytest.raises(ValueError, match="feature dim 16"):
+        linear_attention_fused(q[..., :8], k[..., :8], v)
+    with pytest.raises(ValueError, match="batch 1"):
+        linear_attention_fused(q, k, v, cu_seqlens=torch.tensor([0, 8], dtype=torch.int32))
+    with pytest.raises(ValueError, match="initial_state shapes"):
+        linear_attention_fused(q, k, v, initial_state=(torch.zeros(2, 2, 10, 16), torch.zeros(2, 2, 10)))
+    with pytest.raises(TypeError, match="dtypes differ"):
+        linear_attention_fused(q, k, v.half())
