@@ -1,11 +1,10 @@
 """based_megatron: Based (linear attention + sliding window + short conv) language models on megatron-core.
 
-Kept light: import the submodules you need (based_megatron.config, based_megatron.model, ...). Importing the
-package registers the Based Hugging Face classes with transformers' Auto classes (deferred until transformers
-itself is imported), so exported models load without trust_remote_code."""
+Import the submodules you need (based_megatron.config, based_megatron.model, ...). Importing the package registers
+the Based Hugging Face classes with transformers' Auto classes, so exported models load without trust_remote_code."""
 
-from .hf import register_auto_classes_on_import
+from .hf import register_auto_classes
 
 __version__ = "0.1.0"
 
-register_auto_classes_on_import()
+register_auto_classes()
