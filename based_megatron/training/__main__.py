@@ -1,0 +1,5 @@
+import sys
+
+from based_megatron.training.pretrain import main
+
+sys.exit(main())
