@@ -3,6 +3,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -60,7 +62,6 @@ def test_round_trip_ours_hf_ours_is_identical(chain):
 def test_export_directory_layout_and_auto_classes(chain):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from based_megatron.hf import register_auto_classes
     from based_megatron.hf.modeling_based import BasedForCausalLM
 
     files = set(os.listdir(chain["hf"]))
@@ -75,9 +76,16 @@ def test_export_directory_layout_and_auto_classes(chain):
     assert "transformer.layers.1.mixer.proj_q.weight" in names and "transformer.layers.2.mixer.Wqkv.weight" in names
     assert "transformer.layers.0.mixer.conv.conv.weight" in names and "transformer.ln_f.weight" in names
 
-    remote = AutoModelForCausalLM.from_pretrained(chain["hf"], trust_remote_code=True)
-    assert type(remote).__name__ == "BasedForCausalLM" and type(remote) is not BasedForCausalLM
-    register_auto_classes()
+    # Without based_megatron (a user who only has transformers): the copied modeling code, offline.
+    remote = subprocess.run(
+        [sys.executable, "-c", "import sys; from transformers import AutoModelForCausalLM; "
+         "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True); "
+         "assert 'based_megatron' not in sys.modules; print(type(m).__module__, type(m).__name__)", chain["hf"]],
+        capture_output=True, text=True, cwd=chain["hf"], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert remote.returncode == 0, remote.stderr
+    module, name = remote.stdout.split()[-2:]
+    assert name == "BasedForCausalLM" and module.startswith("transformers_modules")
+    # With based_megatron imported, the Auto classes know the model without trust_remote_code.
     local = AutoModelForCausalLM.from_pretrained(chain["hf"])
     assert type(local) is BasedForCausalLM
     tokenizer = AutoTokenizer.from_pretrained(chain["hf"])
