@@ -103,7 +103,7 @@ def measure(model, batch: int, prompt_len: int, new_tokens: int, device) -> dict
     generated = out.sequences.shape[1] - prompt_len
     peak = torch.cuda.max_memory_allocated() / 2**30 if str(device).startswith("cuda") else float("nan")
     return dict(prefill_ms=1e3 * prefill, seconds=seconds, tokens_per_s=batch * generated / seconds,
-                cache_mb=cache_bytes(out.cache) / 2**20, peak_gb=peak)
+                cache_mb=cache_bytes(out.cache if hasattr(out, "cache") else out.past_key_values) / 2**20, peak_gb=peak)
 
 
 def run(args):
@@ -123,6 +123,7 @@ def run(args):
             except torch.cuda.OutOfMemoryError:
                 rows[(batch, name)] = None
                 torch.cuda.empty_cache()
+            print(f"measured {name} batch {batch}: {rows[(batch, name)]}", flush=True)  # survives a time limit
         del model
     print(f"\n{args.config}, {device}, {str(dtype).removeprefix('torch.')}, prompt {args.prompt_len}, "
           f"{args.new_tokens} new tokens\n")

@@ -566,6 +566,10 @@ class BasedModel(BasedPreTrainedModel):
         return StepInputs(mask, position_ids.to(device), has_past)
 
 
+# transformers 5.x renamed the outputs' `past_key_values` to `cache` (5.17 still has the old name).
+_OUTPUT_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 class BasedForCausalLM(BasedPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "transformer.embeddings.word_embeddings.weight"}
 
@@ -599,12 +603,14 @@ class BasedForCausalLM(BasedPreTrainedModel, GenerationMixin):
         cache: BasedCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        past_key_values: BasedCache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        cache = cache if cache is not None else past_key_values  # transformers before the 5.x rename
         hidden_states, cache, all_hidden_states = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -621,7 +627,8 @@ class BasedForCausalLM(BasedPreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(
                 logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
             )
-        output = CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache, hidden_states=all_hidden_states)
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=all_hidden_states,
+                                        **{_OUTPUT_CACHE_FIELD: cache})
         return output if return_dict is not False else output.to_tuple()
 
 
