@@ -32,8 +32,8 @@ except ImportError:       # a bare checkout (the GPU machine): load ./kernels un
     sys.modules["based_kernels"] = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(sys.modules["based_kernels"])
 
-from based_kernels.linear_attention.fused import (COMPACT_FEATURES, FEATURES, linear_attention_fused,  # noqa: E402
-                                                  linear_attention_step_fused)
+from based_kernels.linear_attention.fused import (COMPACT_FEATURES, FEATURES, LaunchConfig,  # noqa: E402
+                                                  linear_attention_fused, linear_attention_step_fused)
 from based_kernels.linear_attention.naive import linear_attention_reference, linear_attention_step  # noqa: E402
 from based_kernels.short_conv.fused import short_conv_gate_fused, short_conv_gate_step_fused  # noqa: E402
 from based_kernels.short_conv.naive import short_conv_gate_reference, short_conv_gate_step_reference  # noqa: E402
@@ -137,13 +137,13 @@ def correctness():
     for d in (64, 112):
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             check_la(f"linear attention B=4 T=2048 H=16 D={d}", 4, 2048, 16, d, dtype)
-    check_la("linear attention B=1 T=16384 H=16 D=64 (segments)", 1, 16384, 16, 64, torch.bfloat16)
-    check_la("linear attention B=2 T=3001 H=16 D=112, forced 3-chunk segments", 2, 3001, 16, 112, torch.float32,
-             segment_chunks=3)
+    check_la("linear attention B=1 T=16384 H=16 D=64 (16-row scan tiles)", 1, 16384, 16, 64, torch.bfloat16)
+    check_la("linear attention B=2 T=3001 H=16 D=112, block_d=32 (4 value blocks)", 2, 3001, 16, 112, torch.float32,
+             block_d=32)
     check_la("linear attention B=3 T=50 (T < chunk) H=4 D=64 state in/out", 3, 50, 4, 64, torch.float32,
              with_state=True)
-    check_la("linear attention B=2 T=1000 H=16 D=64 state in/out, segments", 2, 1000, 16, 64, torch.bfloat16,
-             with_state=True, segment_chunks=4)
+    check_la("linear attention B=2 T=1000 H=16 D=64 state in/out", 2, 1000, 16, 64, torch.bfloat16,
+             with_state=True)
     cu = [0, 1, 2, 700, 701, 1500, 4096]
     check_la("linear attention varlen 6 docs (lengths 1,1,698,1,799,2596) D=64", 1, 4096, 16, 64, torch.bfloat16,
              cu=cu)
@@ -284,23 +284,29 @@ def la_speed():
 
 @section("Linear attention launch-configuration sweep (bf16, D=64 and 112, fwd+bwd (fwd) ms)")
 def la_sweep():
-    emit("| T | D | block_d | num_warps | chunk | fwd+bwd | fwd |")
-    emit("|---|---|---|---|---|---|---|")
+    variants = [("default", {}), ("block_d=32", dict(block_d=32)), ("num_warps=4 (all kernels)", dict(num_warps=4)),
+                ("num_warps=8 (all kernels)", dict(num_warps=8)),
+                ("scan tile 16 rows", dict(config=LaunchConfig(state_rows=16))),
+                ("scan tile 64 rows", dict(config=LaunchConfig(state_rows=64))),
+                ("output tile 64 rows", dict(config=LaunchConfig(out_rows=64))),
+                ("dq/dk tile 32 rows", dict(config=LaunchConfig(grad_rows=32))),
+                ("chunk 128", dict(chunk_size=128))]
+    emit("| T | D | variant | fwd+bwd | fwd |")
+    emit("|---|---|---|---|---|")
     out = []
     for t in (2048, 16384):
         for d in (64, 112):
             b = TOKENS // t
             q, k, v = la_inputs(b, t, HEADS, d, torch.bfloat16)
-            for block_d, warps in ((32, 4), (64, 4)):
-                knobs = dict(block_d=block_d, num_warps=warps)
+            for name, knobs in variants:
                 fn = lambda q_, k_, v_: linear_attention_fused(q_, k_, v_, **knobs)   # noqa: E731
                 try:
                     f_ms, fb_ms = ms(lambda: fn(q, k, v), rep=50), ms(fwd_bwd(fn, (q, k, v)), rep=50)
                 except Exception as exc:                                       # e.g. out of shared memory
-                    emit(f"| {t} | {d} | {block_d} | {warps} | 64 | failed: {type(exc).__name__} | |")
+                    emit(f"| {t} | {d} | {name} | failed: {type(exc).__name__} | |")
                     continue
-                out.append(dict(T=t, D=d, block_d=block_d, warps=warps, fb=fb_ms, fwd=f_ms))
-                emit(f"| {t} | {d} | {block_d} | {warps} | 64 | {fb_ms:.3f} | {f_ms:.3f} |")
+                out.append(dict(T=t, D=d, variant=name, fb=fb_ms, fwd=f_ms))
+                emit(f"| {t} | {d} | {name} | {fb_ms:.3f} | {f_ms:.3f} |")
     RESULTS["la_sweep"] = out
 
 

@@ -7,24 +7,30 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_kernels import (_bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel, _fwd_kernel, _segment_state_kernel,
-                             _step_kernel)
+from .triton_kernels import (_bwd_delta_kernel, _bwd_dqdk_kernel, _bwd_dv_kernel, _chunk_state_kernel,
+                             _fwd_output_kernel, _step_kernel)
 
 FEATURE_DIM = 16          # q/k feature dim the kernels are built for (Based's); others use the reference
 FEATURES = 1 + FEATURE_DIM + FEATURE_DIM * FEATURE_DIM             # public state rows (273)
-PAIRS = 128               # off-diagonal pairs a != b of the compact feature map (120, padded to a power of 2)
-COMPACT_FEATURES = 1 + 2 * FEATURE_DIM + PAIRS                     # state rows inside the kernels (161)
+PAIRS = FEATURE_DIM * (FEATURE_DIM - 1) // 2                       # off-diagonal pairs a != b (120)
+COMPACT_FEATURES = 1 + 2 * FEATURE_DIM + PAIRS                     # state rows inside the kernels (153)
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    chunk: int            # tokens per chunk (quadratic inside)
-    block_d: int          # value columns per program
-    n_blocks_d: int
-    segment: int          # tokens per segment (a multiple of chunk)
-    n_segments: int
-    num_warps: int
-    num_stages: int
+    """Tiles and warps of each kernel. Rows: state rows per product (the live [rows, *] tiles); the defaults are the
+    largest tiles that compile for sm_90 without spills (bench/notes_kernels.md, round 2)."""
+    chunk: int = 64           # tokens per chunk (quadratic inside)
+    block_d: int = 64         # value columns per program of the output and dv kernels (dq/dk takes all at once)
+    state_rows: int = 32      # chunk scan: state tile of one program, rows ...
+    state_d: int = 64         # ... and value columns
+    state_warps: int = 8
+    out_rows: int = 32
+    out_warps: int = 4
+    grad_rows: int = 16       # dq/dk kernel
+    grad_warps: int = 8
+    dv_rows: int = 64
+    dv_warps: int = 8
 
 
 def _dot_types(dtype: torch.dtype) -> dict:
@@ -44,18 +50,18 @@ def _dot_types(dtype: torch.dtype) -> dict:
 
 
 def _feature_constants(f: int) -> dict:
-    return dict(F=f, P=PAIRS, PHI1_SCALE=f ** -0.25, PHI2_SCALE=(2 * f) ** -0.5)
+    return dict(F=f, M=COMPACT_FEATURES, PHI1_SCALE=f ** -0.25, PHI2_SCALE=(2 * f) ** -0.5)
 
 
 def _pair_indices(device) -> tuple:
-    """(a_p, b_p) of the 120 off-diagonal pairs in the kernels' order (triton_kernels._pairs)."""
-    p = torch.arange(FEATURE_DIM * (FEATURE_DIM - 1) // 2, device=device)
+    """(a_p, b_p) of the 120 off-diagonal pairs in the kernels' row order (triton_kernels._feature_rows)."""
+    p = torch.arange(PAIRS, device=device)
     a = p % FEATURE_DIM
     return a, (a + p // FEATURE_DIM + 1) % FEATURE_DIM
 
 
 def to_compact(x: torch.Tensor) -> torch.Tensor:
-    """Public state rows (273, dim -2 of S or -1 of z) -> kernel rows (161): phi(q).x is unchanged for every q.
+    """Public state rows (273, dim -2 of S or -1 of z) -> kernel rows (153): phi(q).x is unchanged for every q.
 
     The quadratic rows X[a*F+b] become diagonal X[a*F+a] and pairs (X[a*F+b] + X[b*F+a]) / sqrt(2). Also maps a
     gradient of the public final state to the gradient of the kernels' final state (the same linear map).
@@ -67,13 +73,12 @@ def to_compact(x: torch.Tensor) -> torch.Tensor:
     quad = rows[..., 1 + f:]
     diag = quad[..., torch.arange(f, device=x.device) * (f + 1)]
     pairs = (quad[..., a * f + b] + quad[..., b * f + a]) * 0.5 ** 0.5
-    pad = pairs.new_zeros(*pairs.shape[:-1], PAIRS - pairs.shape[-1])
-    out = torch.cat([rows[..., :1 + f], diag, pairs, pad], dim=-1)
+    out = torch.cat([rows[..., :1 + f], diag, pairs], dim=-1)
     return (out if z_like else out.transpose(-1, -2)).float().contiguous()
 
 
 def to_public(x: torch.Tensor) -> torch.Tensor:
-    """Kernel rows (161) -> public rows (273), the transpose of to_compact's map (states out, initial-state grads)."""
+    """Kernel rows (153) -> public rows (273), the transpose of to_compact's map (states out, initial-state grads)."""
     z_like = x.dim() == 3
     rows = x if z_like else x.transpose(-1, -2)
     f = FEATURE_DIM
@@ -101,71 +106,80 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-def launch_config(n_seq: int, seq_len: int, heads: int, head_dim: int, device: torch.device, varlen: bool,
-                  chunk: int = 64, segment_chunks: Optional[int] = None, block_d: Optional[int] = None,
-                  num_warps: Optional[int] = None) -> LaunchConfig:
-    """Pick the value block and the segment length so that about two programs per multiprocessor run."""
+def launch_config(n_seq: int, heads: int, head_dim: int, device: torch.device, chunk: int = 64,
+                  block_d: Optional[int] = None, num_warps: Optional[int] = None) -> LaunchConfig:
+    """Default tiles; the chunk scan's rows halve (to 16) while fewer than two scan programs per multiprocessor.
+
+    Off CUDA (Triton's interpreter) every kernel takes 64-row tiles: registers do not matter there, and fewer,
+    larger tiles interpret faster.
+    """
     block_d = block_d or min(64, max(16, triton.next_power_of_2(head_dim)))
-    n_blocks_d = triton.cdiv(head_dim, block_d)
-    n_chunks = max(1, triton.cdiv(seq_len, chunk))
-    if varlen:
-        n_segments = 1
-    elif segment_chunks is not None:
-        n_segments = triton.cdiv(n_chunks, segment_chunks)
-    else:
-        programs = n_blocks_d * n_seq * heads
-        wanted = triton.cdiv(2 * _multiprocessors(device), programs)
-        n_segments = max(1, min(wanted, n_chunks // 4))
-    segment = triton.cdiv(n_chunks, n_segments) * chunk
-    n_segments = max(1, triton.cdiv(seq_len, segment))
-    num_warps = num_warps or (4 if block_d <= 32 else 8)
-    return LaunchConfig(chunk, block_d, n_blocks_d, segment, n_segments, num_warps=num_warps, num_stages=1)
+    if device.type != "cuda":
+        return LaunchConfig(chunk=chunk, block_d=block_d, state_rows=64, state_d=block_d, out_rows=64, grad_rows=64)
+    state_rows = LaunchConfig.state_rows
+    while (triton.cdiv(COMPACT_FEATURES, state_rows) * triton.cdiv(head_dim, block_d) * n_seq * heads
+           < 2 * _multiprocessors(device)) and state_rows > 16:
+        state_rows //= 2
+    warps = {} if num_warps is None else dict(state_warps=num_warps, out_warps=num_warps, grad_warps=num_warps,
+                                              dv_warps=num_warps)
+    return LaunchConfig(chunk=chunk, block_d=block_d, state_rows=state_rows, state_d=block_d, **warps)
 
 
-def _strides4(x: torch.Tensor):
-    return tuple(x.stride())
+@dataclass(frozen=True)
+class ChunkLayout:
+    """Where each sequence's chunks live in the per-chunk state tensors ([n_rows, H, M, D])."""
+    n_rows: int                             # chunks of all sequences
+    grid_chunks: int                        # grid axis 0 of the per-chunk kernels
+    chunks_per_seq: int                     # NT (fixed-length batches; 0 when varlen)
+    offsets: Optional[torch.Tensor]         # varlen: int32 [N + 1], first chunk row of each sequence
+    indices: Optional[torch.Tensor]         # varlen: int32 [n_rows, 2], (sequence, chunk in sequence) per row
 
 
-def _exclusive_cumsum(delta: torch.Tensor, reverse: bool) -> torch.Tensor:
-    """Per segment (dim 2) the sum of the segments before it (after it when reverse)."""
-    out = torch.zeros_like(delta)
-    if reverse:
-        out[:, :, :-1] = delta[:, :, 1:].flip(2).cumsum(2).flip(2)
-    else:
-        out[:, :, 1:] = delta[:, :, :-1].cumsum(2)
-    return out
+def chunk_layout(batch: int, seq_len: int, cu_seqlens: Optional[torch.Tensor], chunk: int) -> ChunkLayout:
+    """Fixed-length batches: sequence n's chunk c is row n * NT + c. Packed documents: rows follow the documents
+    (one host sync to count them)."""
+    if cu_seqlens is None:
+        nt = triton.cdiv(seq_len, chunk)
+        return ChunkLayout(batch * nt, nt, nt, None, None)
+    n_chunks = (cu_seqlens[1:] - cu_seqlens[:-1] + chunk - 1) // chunk
+    offsets = torch.cat([n_chunks.new_zeros(1), n_chunks.cumsum(0)]).to(torch.int32)
+    n_rows = int(offsets[-1].item())
+    seq = torch.repeat_interleave(torch.arange(n_chunks.shape[0], device=cu_seqlens.device), n_chunks)
+    within = torch.arange(n_rows, device=cu_seqlens.device) - offsets[seq]
+    indices = torch.stack([seq, within], 1).to(torch.int32).contiguous()
+    return ChunkLayout(n_rows, n_rows, 0, offsets, indices)
 
 
-def _segment_states(x, y, den, r, cfg: LaunchConfig, n_seq: int, eps: float, reverse: bool, state_in=None):
-    """Starting state of every segment ([N, H, NS, M, D], [N, H, NS, M] fp32) from a per-segment sum pass.
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Storage of the per-chunk states: the operand dtype of the state products (see _dot_types)."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
-    Forward (reverse=False): x = k, y = v; segment s starts from initial + sum of segments < s.
-    Backward (reverse=True): x = q, y = do; segment s ends with dS_final + sum of segments > s.
+
+def _chunk_states(x, y, den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, n_seq: int, eps: float,
+                  reverse: bool, initial=None, store_final: bool = False):
+    """Run the chunk scan: per-chunk states (h [rows, H, M, D], hz [rows, H, M]) and the scan's end state.
+
+    Forward (reverse=False): x = k, y = v, h = state before each chunk. Backward: x = q, y = do (scaled by
+    1 / (den + eps) in the kernel), weight r, h = gradient state after each chunk.
     """
     B, T, H, F = x.shape
     D = y.shape[-1]
-    delta_s = torch.empty(n_seq, H, cfg.n_segments, COMPACT_FEATURES, D, device=x.device, dtype=torch.float32)
-    delta_z = torch.empty(n_seq, H, cfg.n_segments, COMPACT_FEATURES, device=x.device, dtype=torch.float32)
+    h = x.new_empty(layout.n_rows, H, COMPACT_FEATURES, D, dtype=_state_dtype(x.dtype))
+    hz = x.new_empty(layout.n_rows, H, COMPACT_FEATURES, dtype=torch.float32)
+    final = None
+    if store_final:
+        final = (x.new_empty(n_seq, H, COMPACT_FEATURES, D, dtype=torch.float32),
+                 x.new_empty(n_seq, H, COMPACT_FEATURES, dtype=torch.float32))
     types = _dot_types(x.dtype)
-    grid = (cfg.n_blocks_d, cfg.n_segments, n_seq * H)
-    _segment_state_kernel[grid](
-        x, y, den, r, delta_s, delta_z, *_strides4(x), *_strides4(y), T, H, D, eps,
-        **_feature_constants(F), C=cfg.chunk, BD=cfg.block_d, NS=cfg.n_segments, SEG=cfg.segment, IS_BWD=reverse,
+    grid = (triton.cdiv(COMPACT_FEATURES, cfg.state_rows), triton.cdiv(D, cfg.state_d), n_seq * H)
+    _chunk_state_kernel[grid](
+        x, y, *_or_dummy((den, r) if reverse else None, x), *_or_dummy(initial, x), h, hz, *_or_dummy(final, x),
+        cu_seqlens, layout.offsets, *x.stride(), *y.stride(), T, H, layout.chunks_per_seq, eps, D=D,
+        **_feature_constants(F), C=cfg.chunk, BR=cfg.state_rows, BD=cfg.state_d,
+        IS_VARLEN=cu_seqlens is not None, REVERSE=reverse, HAS_INITIAL=initial is not None, STORE_FINAL=store_final,
         PREC=types["PREC"], STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"],
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    s_seg = _exclusive_cumsum(delta_s, reverse)
-    z_seg = _exclusive_cumsum(delta_z, reverse)
-    if state_in is not None:
-        s_seg += state_in[0].unsqueeze(2)
-        z_seg += state_in[1].unsqueeze(2)
-    return s_seg, z_seg
-
-
-def _state_per_segment(state):
-    """A compact state ([N, H, M, D], [N, H, M]) as the one-segment layout the kernels read."""
-    if state is None:
-        return None
-    return state[0].unsqueeze(2), state[1].unsqueeze(2)
+        num_warps=cfg.state_warps, num_stages=2)
+    return h, hz, final
 
 
 class LinearAttentionFunction(torch.autograd.Function):
@@ -174,89 +188,71 @@ class LinearAttentionFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, s_init, z_init, cu_seqlens, eps, output_final_state, tuning):
         B, T, H, F = q.shape
         D = v.shape[-1]
-        varlen = cu_seqlens is not None
-        n_seq = cu_seqlens.shape[0] - 1 if varlen else B
-        cfg = launch_config(n_seq, T, H, D, q.device, varlen, **tuning)
+        n_seq = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else B
+        cfg = tuning if isinstance(tuning, LaunchConfig) else launch_config(n_seq, H, D, q.device, **tuning)
+        layout = chunk_layout(B, T, cu_seqlens, cfg.chunk)
         initial = None if s_init is None else (to_compact(s_init), to_compact(z_init))
-        if cfg.n_segments > 1:
-            state_in = _segment_states(k, v, None, None, cfg, n_seq, eps, reverse=False, state_in=initial)
-        else:
-            state_in = _state_per_segment(initial)
+        h, hz, final = _chunk_states(k, v, None, None, cfg, layout, cu_seqlens, n_seq, eps, reverse=False,
+                                     initial=initial, store_final=output_final_state)
 
         o = torch.empty_like(v)
         den = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
+        types = _dot_types(q.dtype)
+        grid = (layout.grid_chunks, triton.cdiv(D, cfg.block_d), B * H)
+        _fwd_output_kernel[grid](
+            q, k, v, o, den, h, hz, cu_seqlens, layout.indices, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+            T, H, layout.chunks_per_seq, eps, D=D, **_feature_constants(F), C=cfg.chunk, BR=cfg.out_rows,
+            BD=cfg.block_d, IS_VARLEN=cu_seqlens is not None, DOT_DT=types["DOT_DT"], STATE_DT=types["STATE_DT"],
+            PREC=types["PREC"], STATE_PREC=types["STATE_PREC"], num_warps=cfg.out_warps)
+
+        ctx.save_for_backward(q, k, v, o, den, h, hz, cu_seqlens)
+        ctx.cfg, ctx.layout, ctx.eps, ctx.n_seq, ctx.has_initial = cfg, layout, eps, n_seq, s_init is not None
         s_out = z_out = None
         if output_final_state:
-            s_out = q.new_empty(n_seq, H, COMPACT_FEATURES, D, dtype=torch.float32)
-            z_out = q.new_empty(n_seq, H, COMPACT_FEATURES, dtype=torch.float32)
-        types = _dot_types(q.dtype)
-        grid = (cfg.n_blocks_d, cfg.n_segments, n_seq * H)
-        _fwd_kernel[grid](
-            q, k, v, o, den, *_or_dummy(state_in, q), *_or_dummy((s_out, z_out) if output_final_state else None, q),
-            cu_seqlens, *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(o), T, H, D, eps,
-            **_feature_constants(F), C=cfg.chunk, BD=cfg.block_d, NS=cfg.n_segments, SEG=cfg.segment,
-            IS_VARLEN=varlen, HAS_STATE_IN=state_in is not None, STORE_FINAL=output_final_state,
-            DOT_DT=types["DOT_DT"], STATE_DT=types["STATE_DT"], PREC=types["PREC"], STATE_PREC=types["STATE_PREC"],
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-
-        ctx.save_for_backward(q, k, v, o, den, cu_seqlens, *(state_in if state_in is not None else ()))
-        ctx.cfg, ctx.eps, ctx.n_seq, ctx.has_initial = cfg, eps, n_seq, s_init is not None
-        if output_final_state:
-            s_out, z_out = to_public(s_out), to_public(z_out)
+            s_out, z_out = to_public(final[0]), to_public(final[1])
             if s_init is not None:
                 s_out, z_out = s_out + invisible_part(s_init), z_out + invisible_part(z_init)
         return o, s_out, z_out
 
     @staticmethod
     def backward(ctx, do, ds_final, dz_final):
-        q, k, v, o, den, cu_seqlens, *state_in = ctx.saved_tensors
-        state_in = tuple(state_in) if state_in else None
-        cfg, eps, n_seq = ctx.cfg, ctx.eps, ctx.n_seq
+        q, k, v, o, den, h, hz, cu_seqlens = ctx.saved_tensors
+        cfg, layout, eps, n_seq = ctx.cfg, ctx.layout, ctx.eps, ctx.n_seq
         B, T, H, F = q.shape
         D = v.shape[-1]
-        varlen = cu_seqlens is not None
-        constants = dict(**_feature_constants(F), C=cfg.chunk, BD=cfg.block_d, NS=cfg.n_segments, SEG=cfg.segment,
-                         IS_VARLEN=varlen, **_dot_types(q.dtype), num_warps=cfg.num_warps,
-                         num_stages=cfg.num_stages)
+        types = _dot_types(q.dtype)
+        constants = dict(**_feature_constants(F), C=cfg.chunk, IS_VARLEN=cu_seqlens is not None,
+                         DOT_DT=types["DOT_DT"], STATE_DT=types["STATE_DT"], PREC=types["PREC"],
+                         STATE_PREC=types["STATE_PREC"])
 
         r = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
         block_t = 32
         _bwd_delta_kernel[(triton.cdiv(T, block_t), B * H)](
-            o, do, den, r, *_strides4(o), *_strides4(do), T, H, D, eps,
+            o, do, den, r, *o.stride(), *do.stride(), T, H, D, eps,
             BT=block_t, DP=triton.next_power_of_2(D), num_warps=4)
 
         final_grad = None
         if ds_final is not None or dz_final is not None:
             final_grad = (to_compact(_zeros_if_none(ds_final, (n_seq, H, FEATURES, D), q)),
                           to_compact(_zeros_if_none(dz_final, (n_seq, H, FEATURES), q)))
-        if cfg.n_segments > 1:
-            grad_in = _segment_states(q, do, den, r, cfg, n_seq, eps, reverse=True, state_in=final_grad)
-        else:
-            grad_in = _state_per_segment(final_grad)
+        dh, dhz, grad_initial = _chunk_states(q, do, den, r, cfg, layout, cu_seqlens, n_seq, eps, reverse=True,
+                                              initial=final_grad, store_final=ctx.has_initial)
 
-        dq, dq_strides = _partial_buffer(q, cfg.n_blocks_d)
-        dk, dk_strides = _partial_buffer(k, cfg.n_blocks_d)
-        dv = torch.empty_like(v)
-        grid = (cfg.n_blocks_d, cfg.n_segments, n_seq * H)
-        _bwd_dq_kernel[grid](
-            q, k, v, do, den, r, *_or_dummy(state_in, q), dq, cu_seqlens,
-            *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do), *dq_strides, T, H, D, eps,
-            HAS_STATE_IN=state_in is not None, **constants)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        nt = layout.chunks_per_seq
+        _bwd_dqdk_kernel[(layout.grid_chunks, 1, B * H)](
+            q, k, v, do, den, r, h, hz, dh, dhz, dq, dk, cu_seqlens, layout.indices,
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *dk.stride(), T, H, nt, eps, D=D,
+            BR=cfg.grad_rows, DP=triton.next_power_of_2(D), SEL_PREC=types["SEL_PREC"], num_warps=cfg.grad_warps,
+            **constants)
+        _bwd_dv_kernel[(layout.grid_chunks, triton.cdiv(D, cfg.block_d), B * H)](
+            q, k, do, den, dh, dv, cu_seqlens, layout.indices,
+            *q.stride(), *k.stride(), *do.stride(), *dv.stride(), T, H, nt, eps, D=D, BR=cfg.dv_rows, BD=cfg.block_d,
+            num_warps=cfg.dv_warps, **constants)
 
         ds_init = dz_init = None
         if ctx.has_initial:
-            ds_init = q.new_empty(n_seq, H, COMPACT_FEATURES, D, dtype=torch.float32)
-            dz_init = q.new_empty(n_seq, H, COMPACT_FEATURES, dtype=torch.float32)
-        _bwd_dkdv_kernel[grid](
-            q, k, v, do, den, r, *_or_dummy(grad_in, q), dk, dv,
-            *_or_dummy((ds_init, dz_init) if ctx.has_initial else None, q), cu_seqlens,
-            *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do), *dk_strides, *_strides4(dv),
-            T, H, D, eps, HAS_STATE_IN=grad_in is not None, STORE_INITIAL_GRAD=ctx.has_initial, **constants)
-
-        if cfg.n_blocks_d > 1:
-            dq, dk = dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype)
-        if ctx.has_initial:
-            ds_init, dz_init = to_public(ds_init), to_public(dz_init)
+            ds_init, dz_init = to_public(grad_initial[0]), to_public(grad_initial[1])
             if final_grad is not None:
                 ds_init = ds_init + invisible_part(_zeros_if_none(ds_final, ds_init.shape, q))
                 dz_init = dz_init + invisible_part(_zeros_if_none(dz_final, dz_init.shape, q))
@@ -264,7 +260,7 @@ class LinearAttentionFunction(torch.autograd.Function):
 
 
 def _or_dummy(pair, like: torch.Tensor):
-    """Kernel pointer arguments for an optional (S, z) pair (an unused 1-element tensor when absent)."""
+    """Kernel pointer arguments for an optional pair of tensors (an unused 1-element tensor when absent)."""
     if pair is None:
         dummy = like.new_empty(1, dtype=torch.float32)
         return dummy, dummy
@@ -275,27 +271,17 @@ def _zeros_if_none(x, shape, like):
     return like.new_zeros(shape, dtype=torch.float32) if x is None else x.float()
 
 
-def _partial_buffer(x: torch.Tensor, n_blocks_d: int):
-    """Gradient buffer for q or k and its (block, b, t, h, f) strides: one fp32 partial per value block if > 1."""
-    if n_blocks_d == 1:
-        grad = torch.empty_like(x)
-        return grad, (0, *grad.stride())
-    grad = x.new_empty(n_blocks_d, *x.shape, dtype=torch.float32)
-    return grad, tuple(grad.stride())
-
-
 def linear_attention_fused(q, k, v, *, eps: float = 1e-12, cu_seqlens=None, initial_state=None,
-                           output_final_state: bool = False, chunk_size: int = 64,
-                           segment_chunks: Optional[int] = None, block_d: Optional[int] = None,
-                           num_warps: Optional[int] = None):
+                           output_final_state: bool = False, chunk_size: int = 64, block_d: Optional[int] = None,
+                           num_warps: Optional[int] = None, config: Optional[LaunchConfig] = None):
     """based_kernels.linear_attention on the Triton kernels (same contract; see naive.py).
 
-    Tuning knobs: chunk_size (tokens per chunk), segment_chunks (chunks per segment; default sized to fill the GPU),
-    block_d (value columns per program), num_warps.
+    Tuning knobs: chunk_size (tokens per chunk), block_d (value columns per program of the per-chunk kernels),
+    num_warps; or a complete LaunchConfig (config) that replaces them.
     """
     _check_inputs(q, k, v, cu_seqlens, initial_state)
     s_init, z_init = initial_state if initial_state is not None else (None, None)
-    tuning = dict(chunk=chunk_size, segment_chunks=segment_chunks, block_d=block_d, num_warps=num_warps)
+    tuning = config or dict(chunk=chunk_size, block_d=block_d, num_warps=num_warps)
     o, s_out, z_out = LinearAttentionFunction.apply(q, k, v, s_init, z_init, cu_seqlens, eps, output_final_state,
                                                     tuning)
     return (o, (s_out, z_out)) if output_final_state else o

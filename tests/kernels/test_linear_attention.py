@@ -4,8 +4,8 @@ gradients, state in/out, varlen, strided views; fresh random inputs per test."""
 import pytest
 import torch
 
-from based_kernels.linear_attention.fused import (FEATURES, linear_attention_fused, linear_attention_step_fused,
-                                                  to_compact, to_public)
+from based_kernels.linear_attention.fused import (FEATURES, LaunchConfig, linear_attention_fused,
+                                                  linear_attention_step_fused, to_compact, to_public)
 from based_kernels.linear_attention.naive import linear_attention_reference, linear_attention_step
 
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2}
@@ -64,7 +64,7 @@ def compare(dtype, b, t, h, d, seed, cu=None, with_state=False, views=False, **k
     (torch.float32, 2, 37, 2, 24, dict(chunk_size=16)),                      # T not a multiple of the chunk
     (torch.float32, 1, 5, 2, 16, dict(chunk_size=16)),                       # T < chunk, batch 1
     (torch.float32, 1, 70, 1, 40, dict(block_d=16)),                         # 3 value blocks, last one masked
-    (torch.float32, 2, 50, 2, 32, dict(chunk_size=16, segment_chunks=1)),    # 4 segments in parallel
+    (torch.float32, 2, 50, 2, 32, dict(chunk_size=16, block_d=16)),                     # 2 value blocks
     (torch.float16, 2, 40, 2, 32, dict(chunk_size=16)),
 ])
 def test_matches_reference(dtype, b, t, h, d, knobs):
@@ -75,15 +75,21 @@ def test_strided_views_of_sequence_first_tensors():
     compare(torch.float32, 2, 33, 2, 16, seed=3, views=True, chunk_size=16)
 
 
-@pytest.mark.parametrize("segment_chunks", [None, 1])
-def test_state_in_and_out(segment_chunks):
-    compare(torch.float32, 2, 45, 2, 24, seed=5, with_state=True, chunk_size=16, segment_chunks=segment_chunks)
+@pytest.mark.parametrize("chunk_size", [16, 64])
+def test_state_in_and_out(chunk_size):
+    compare(torch.float32, 2, 45, 2, 24, seed=5, with_state=True, chunk_size=chunk_size)
 
 
 @pytest.mark.parametrize("with_state", [False, True])
 def test_varlen_with_length_one_documents(with_state):
     compare(torch.float32, 1, 50, 2, 24, seed=11, cu=[0, 1, 2, 20, 21, 21, 50], with_state=with_state,
             chunk_size=16)
+
+
+def test_gpu_tiles_varlen_with_state():
+    """The CUDA default row tiles (16/32/64-row state blocks, masked at 153 rows); the interpreter default is 64."""
+    compare(torch.float32, 1, 45, 2, 40, seed=17, cu=[0, 3, 3, 30, 45], with_state=True,
+            config=LaunchConfig(chunk=16, block_d=16))
 
 
 def test_prefix_state_then_suffix_equals_one_sequence():

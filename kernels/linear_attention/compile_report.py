@@ -1,0 +1,99 @@
+"""Registers, spills and shared memory of the linear-attention kernels, compiled offline (no GPU needed).
+
+    python -m based_kernels.linear_attention.compile_report [--arch 90] [--dtype bf16]
+
+Compiles each kernel with its default tiles (fused.LaunchConfig) for a CUDA target through triton.compile and reads
+the cubin's resource usage with the cuobjdump that ships with Triton. Stack > 0 means spills.
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import triton_kernels as tk
+from .fused import COMPACT_FEATURES, FEATURE_DIM, LaunchConfig, _dot_types, _feature_constants
+
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+INPUT_POINTERS = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "x", "y"}
+STATE_POINTERS = {"h", "dh"}
+INDEX_POINTERS = {"cu_seqlens", "chunk_offsets", "chunk_indices"}
+
+
+def _signature(kernel, constexprs: dict, dtype: str, state_dtype: str) -> tuple:
+    """Triton signature and 16-byte pointer alignment of every argument (ints as i32, eps as fp32)."""
+    signature, attrs = {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+            continue
+        if name == "eps":
+            signature[name] = "fp32"
+        elif name in INPUT_POINTERS:
+            signature[name] = "*" + dtype
+        elif name in STATE_POINTERS:
+            signature[name] = "*" + state_dtype
+        elif name in INDEX_POINTERS:
+            signature[name] = "*i32"
+        elif name in ("den", "r", "hz", "dhz", "h0", "hz0", "ht", "hzt"):
+            signature[name] = "*fp32"
+        else:
+            signature[name] = "i32"
+        if signature[name].startswith("*"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return signature, attrs
+
+
+def resources(kernel, constexprs: dict, num_warps: int, arch: int, dtype: str, state_dtype: str) -> dict:
+    signature, attrs = _signature(kernel, constexprs, dtype, state_dtype)
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs),
+                              target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps, num_stages=2))
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([CUOBJDUMP, "-res-usage", cubin.name], capture_output=True, text=True,
+                               check=True).stdout
+    match = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    return dict(regs=int(match[1]), stack=int(match[2]), shared=compiled.metadata.shared)
+
+
+def kernel_variants(head_dim: int, torch_dtype: torch.dtype, cfg: LaunchConfig):
+    """(name, kernel, constexprs, warps) of every launch of one forward + backward with the default tiles."""
+    types = _dot_types(torch_dtype)
+    no_sel = {k: v for k, v in types.items() if k != "SEL_PREC"}
+    common = dict(**_feature_constants(FEATURE_DIM), D=head_dim, C=cfg.chunk, IS_VARLEN=False)
+    scan = dict(common, BD=cfg.state_d, HAS_INITIAL=False, STORE_FINAL=False, PREC=types["PREC"],
+                STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"])
+    for rows in sorted({cfg.state_rows, 16}, reverse=True):
+        yield f"chunk scan fwd, {rows} rows", tk._chunk_state_kernel, dict(scan, BR=rows, REVERSE=False), cfg.state_warps
+        yield f"chunk scan bwd, {rows} rows", tk._chunk_state_kernel, dict(scan, BR=rows, REVERSE=True), cfg.state_warps
+    yield "output", tk._fwd_output_kernel, dict(common, BR=cfg.out_rows, BD=cfg.block_d, **no_sel), cfg.out_warps
+    dqdk = dict(common, BR=cfg.grad_rows, DP=triton.next_power_of_2(head_dim), **types)
+    yield "dq/dk", tk._bwd_dqdk_kernel, dqdk, cfg.grad_warps
+    yield "dv", tk._bwd_dv_kernel, dict(common, BR=cfg.dv_rows, BD=cfg.block_d, **no_sel), cfg.dv_warps
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90: H100/H200)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    args = parser.parse_args()
+    state_dtype = "bf16" if args.dtype == "bf16" else "fp32"
+    print(f"| kernel | D | warps | registers | stack (spills) | shared memory |  (sm_{args.arch}, {args.dtype}, "
+          f"{COMPACT_FEATURES} state rows)")
+    print("|---|---|---|---|---|---|")
+    for head_dim in (64, 112):
+        for name, kernel, constexprs, warps in kernel_variants(head_dim, DTYPES[args.dtype], LaunchConfig()):
+            res = resources(kernel, constexprs, warps, args.arch, args.dtype, state_dtype)
+            print(f"| {name} | {head_dim} | {warps} | {res['regs']} | {res['stack']} B | {res['shared']} B |")
+
+
+if __name__ == "__main__":
+    main()
