@@ -114,17 +114,17 @@ def run(args):
     torch.manual_seed(args.seed)
     configs = dict(zip(("based", "transformer"), hf_configs(args.config)))
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    names = args.models.split(",")
+    models = {name: build(configs[name], device, dtype) for name in names}    # both fit: 2 x 1.3B in bf16
     rows = {}
-    for name in args.models.split(","):
-        model = build(configs[name], device, dtype)
-        for batch in batch_sizes:
+    for batch in batch_sizes:           # batch-major, so that a time limit still leaves complete comparisons
+        for name in names:
             try:
-                rows[(batch, name)] = measure(model, batch, args.prompt_len, args.new_tokens, device)
+                rows[(batch, name)] = measure(models[name], batch, args.prompt_len, args.new_tokens, device)
             except torch.cuda.OutOfMemoryError:
                 rows[(batch, name)] = None
                 torch.cuda.empty_cache()
             print(f"measured {name} batch {batch}: {rows[(batch, name)]}", flush=True)  # survives a time limit
-        del model
     print(f"\n{args.config}, {device}, {str(dtype).removeprefix('torch.')}, prompt {args.prompt_len}, "
           f"{args.new_tokens} new tokens\n")
     print("| batch | model | prefill ms | generate s | tokens/s | cache MB | peak GB | Based speed-up |")

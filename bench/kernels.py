@@ -137,7 +137,7 @@ def correctness():
     for d in (64, 112):
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             check_la(f"linear attention B=4 T=2048 H=16 D={d}", 4, 2048, 16, d, dtype)
-    check_la("linear attention B=1 T=16384 H=16 D=64 (16-row scan tiles)", 1, 16384, 16, 64, torch.bfloat16)
+    check_la("linear attention B=1 T=16384 H=16 D=64 (segmented scan)", 1, 16384, 16, 64, torch.bfloat16)
     check_la("linear attention B=2 T=3001 H=16 D=112, block_d=32 (4 value blocks)", 2, 3001, 16, 112, torch.float32,
              block_d=32)
     check_la("linear attention B=3 T=50 (T < chunk) H=4 D=64 state in/out", 3, 50, 4, 64, torch.float32,
@@ -309,6 +309,43 @@ def la_sweep():
                 emit(f"| {t} | {d} | {name} | {fb_ms:.3f} | {f_ms:.3f} |")
     RESULTS["la_sweep"] = out
 
+@section("Linear attention and short conv: time per kernel (torch.profiler, bf16, B*T = 32768, 16 heads)")
+def kernel_breakdown():
+    """Where the fwd+bwd time goes: CUDA time of every kernel launched by one fused call, averaged over 20 calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cases = [(f"linear attention T={t} D={d}", lambda t=t, d=d: fwd_bwd(linear_attention_fused,
+                                                                       la_inputs(TOKENS // t, t, HEADS, d,
+                                                                                 torch.bfloat16)))
+             for t in (2048, 16384) for d in (64, 112)]
+    u, g = (torch.randn(TOKENS // 2048, 2048, 2048, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+            for _ in range(2))
+    w = torch.randn(2048, 3, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    bias = torch.randn(2048, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    cases.append(("short conv T=2048 C=2048 K=3", lambda: fwd_bwd(lambda *x: short_conv_gate_fused(*x),
+                                                                         (u, g, w, bias))))
+    emit("| case | kernel | calls per step | ms per step |")
+    emit("|---|---|---|---|")
+    out = []
+    for name, make in cases:
+        step = make()
+        for _ in range(5):
+            step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(20):
+                step()
+            torch.cuda.synchronize()
+        events = [e for e in prof.key_averages() if e.device_time_total > 0]
+        total = 0.0
+        for e in sorted(events, key=lambda e: -e.device_time_total):
+            per_step = e.device_time_total / 20 / 1e3
+            total += per_step
+            out.append(dict(case=name, kernel=e.key, calls=e.count / 20, ms=per_step))
+            emit(f"| {name} | {e.key[:60]} | {e.count / 20:g} | {per_step:.4f} |")
+        emit(f"| {name} | **sum** | | {total:.4f} |")
+    RESULTS["kernel_breakdown"] = out
+
 
 # --------------------------------------------------------------------------------------------------- decode step
 @section("Decode steps (one token, in-place fp32 state)")
@@ -396,7 +433,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".", help="folder for results.md and results.json")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: "
-                        "correctness,la,sweep,decode,conv,swa")
+                        "correctness,la,breakdown,sweep,decode,conv,swa")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     torch.manual_seed(0)
@@ -405,7 +442,8 @@ def main():
          f"{props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, triton {triton.__version__}, "
          f"python {platform.python_version()}; command: `python bench/kernels.py --out DIR`")
     ceilings()
-    for key, fn in (("correctness", correctness), ("la", la_speed), ("sweep", la_sweep), ("decode", decode_speed),
+    for key, fn in (("correctness", correctness), ("la", la_speed), ("breakdown", kernel_breakdown),
+                    ("sweep", la_sweep), ("decode", decode_speed),
                     ("conv", conv_speed), ("swa", swa_speed)):
         if key not in skip:
             fn()

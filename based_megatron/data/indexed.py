@@ -1,15 +1,19 @@
 """Megatron indexed datasets (``.bin``/``.idx``): safe writing, checked opening, merging.
 
-The bytes are written by megatron-core's own ``IndexedDatasetBuilder`` / index writer, so the files
-are exactly what megatron-core, Megatron-LM and GPT-NeoX read. Additions here:
+The files are exactly what megatron-core's ``IndexedDatasetBuilder`` writes (and megatron-core,
+Megatron-LM and GPT-NeoX read; tests/data compares the bytes with megatron-core's builder):
 
-- ``CompactIndexedDatasetBuilder``: the same builder with its per-document bookkeeping kept in
-  ``array`` buffers (12 bytes a document instead of ~70 in Python lists) and the sequence pointers
-  computed with one cumulative sum, so writing stays flat in memory and fast on large corpora;
+- ``CompactIndexedDatasetBuilder``: that builder for one sequence per document, written here so that
+  writing does not import megatron-core (its package import takes torch and ~5 s, which
+  preprocessing would pay before every run), with its per-document bookkeeping kept in ``array``
+  buffers (12 bytes a document instead of ~70 in Python lists) and the sequence pointers computed
+  with one cumulative sum, so writing stays flat in memory and fast on large corpora;
 - ``AtomicDatasetWriter``: writes under temporary names and renames only when complete, so an
   interrupted run never leaves a ``.bin``/``.idx`` pair that looks valid;
 - ``open_indexed_dataset``: checks that ``.idx`` and ``.bin`` agree before handing megatron-core's
   ``IndexedDataset`` back, naming the file and the mismatch otherwise.
+
+Reading goes through megatron-core (imported where needed).
 """
 
 import os
@@ -19,14 +23,6 @@ from array import array
 from typing import List, Optional
 
 import numpy
-from megatron.core.datasets.indexed_dataset import (
-    _INDEX_HEADER,
-    DType,
-    IndexedDataset,
-    IndexedDatasetBuilder,
-    _IndexReader,
-    _IndexWriter,
-)
 
 from based_megatron.data.tokenizers import (
     Tokenizer,
@@ -35,7 +31,11 @@ from based_megatron.data.tokenizers import (
     tokenizer_dir_for_dataset,
 )
 
-# header (9) + version (8) + dtype code (1) + sequence count (8) + document count (8)
+# megatron-core's index format: magic, version 1, dtype code (its DType enum), then the counts
+INDEX_MAGIC = b"MMIDIDX\x00\x00"
+DTYPE_CODES = {numpy.uint8: 1, numpy.int8: 2, numpy.int16: 3, numpy.int32: 4, numpy.int64: 5,
+               numpy.float64: 6, numpy.float32: 7, numpy.uint16: 8}
+# magic (9) + version (8) + dtype code (1) + sequence count (8) + document count (8)
 INDEX_HEADER_BYTES = 34
 
 
@@ -43,28 +43,35 @@ class IndexedDatasetError(ValueError):
     """A .bin/.idx pair is missing, truncated or inconsistent; the message names the file."""
 
 
-class _VectorizedIndexWriter(_IndexWriter):
-    """megatron-core's index writer with the pointer loop replaced by a cumulative sum."""
+def write_index(idx_path: str, dtype, sequence_lengths: numpy.ndarray,
+                document_indices: numpy.ndarray) -> None:
+    """megatron-core's ``_IndexWriter.write`` (no sequence modes), pointers by a cumulative sum."""
+    lengths = numpy.asarray(sequence_lengths, dtype=numpy.int32)
+    # pointer_i = itemsize * sum_{j < i} length_j
+    pointers = numpy.zeros(len(lengths), dtype=numpy.int64)
+    numpy.cumsum(lengths[:-1].astype(numpy.int64) * numpy.dtype(dtype).itemsize, out=pointers[1:])
+    with open(idx_path, "wb") as f:
+        f.write(INDEX_MAGIC)
+        f.write(struct.pack("<QBQQ", 1, DTYPE_CODES[dtype], len(lengths), len(document_indices)))
+        f.write(lengths.tobytes())
+        f.write(pointers.tobytes())
+        f.write(numpy.asarray(document_indices, dtype=numpy.int64).tobytes())
 
-    def _sequence_pointers(self, sequence_lengths) -> numpy.ndarray:
-        # pointer_i = itemsize * sum_{j < i} length_j
-        lengths = numpy.asarray(sequence_lengths, dtype=numpy.int64)
-        pointers = numpy.zeros_like(lengths)
-        numpy.cumsum(lengths[:-1] * DType.size(self.dtype), out=pointers[1:])
-        return pointers
 
-
-class CompactIndexedDatasetBuilder(IndexedDatasetBuilder):
-    """``IndexedDatasetBuilder`` with array-backed bookkeeping and a bulk ``add_documents``."""
+class CompactIndexedDatasetBuilder:
+    """megatron-core's ``IndexedDatasetBuilder`` (same files) with a bulk ``add_documents``."""
 
     def __init__(self, bin_path: str, dtype=numpy.int32) -> None:
-        super().__init__(bin_path, dtype=dtype, multimodal=False)
+        if dtype not in DTYPE_CODES:
+            raise IndexedDatasetError(f"{bin_path}: token dtype {dtype} is not one of megatron-core's")
+        self.dtype = dtype
+        self.data_file = open(bin_path, "wb")
         self.sequence_lengths = array("i")
         self.document_indices = array("q", [0])
 
     def add_documents(self, tokens: numpy.ndarray, lengths: numpy.ndarray) -> None:
         """Append documents given as one concatenated token array and their lengths; the same as
-        ``add_document(doc, [len(doc)])`` for each document, one sequence per document."""
+        megatron-core's ``add_document(doc, [len(doc)])`` for each document."""
         self.data_file.write(numpy.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
         first = len(self.sequence_lengths) + 1
         self.sequence_lengths.frombytes(numpy.asarray(lengths, dtype=numpy.int32).tobytes())
@@ -72,6 +79,8 @@ class CompactIndexedDatasetBuilder(IndexedDatasetBuilder):
             numpy.arange(first, first + len(lengths), dtype=numpy.int64).tobytes())
 
     def add_index(self, path_prefix: str) -> None:
+        from megatron.core.datasets.indexed_dataset import _IndexReader
+
         index = _IndexReader(path_prefix + ".idx", multimodal=False)
         if index.dtype != self.dtype:
             raise IndexedDatasetError(f"{path_prefix}.idx: token dtype {index.dtype.__name__}, but "
@@ -86,8 +95,8 @@ class CompactIndexedDatasetBuilder(IndexedDatasetBuilder):
 
     def finalize(self, idx_path: str) -> None:
         self.data_file.close()
-        with _VectorizedIndexWriter(idx_path, self.dtype) as writer:
-            writer.write(self.sequence_lengths, None, self.document_indices)
+        write_index(idx_path, self.dtype, numpy.frombuffer(self.sequence_lengths, dtype=numpy.int32),
+                    numpy.frombuffer(self.document_indices, dtype=numpy.int64))
 
 
 class AtomicDatasetWriter:
@@ -106,6 +115,12 @@ class AtomicDatasetWriter:
         os.makedirs(directory, exist_ok=True)
         self.builder = CompactIndexedDatasetBuilder(self.tmp_bin, dtype=dtype)
         self.committed = False
+        if tokenizer is not None:  # saved now, not at commit: the run's end then only renames
+            try:
+                save_tokenizer(tokenizer, self.tmp_tokenizer_dir)
+            except BaseException:
+                self.abort()
+                raise
 
     def __enter__(self) -> "AtomicDatasetWriter":
         return self
@@ -116,8 +131,6 @@ class AtomicDatasetWriter:
 
     def commit(self) -> None:
         self.builder.finalize(self.tmp_idx)
-        if self.tokenizer is not None:
-            save_tokenizer(self.tokenizer, self.tmp_tokenizer_dir)
         # no old .idx may pair with the new .bin, even if we die between the renames below
         if os.path.exists(self.prefix + ".idx"):
             os.remove(self.prefix + ".idx")
@@ -151,16 +164,15 @@ def _read_index_header(idx_path: str):
                                   "-byte Megatron index header (truncated or not an index)")
     with open(idx_path, "rb") as f:
         header = f.read(INDEX_HEADER_BYTES)
-    if header[:9] != _INDEX_HEADER:
-        raise IndexedDatasetError(f"{idx_path}: bad magic {header[:9]!r}, expected {_INDEX_HEADER!r}"
+    if header[:9] != INDEX_MAGIC:
+        raise IndexedDatasetError(f"{idx_path}: bad magic {header[:9]!r}, expected {INDEX_MAGIC!r}"
                                   " (not a Megatron MMIDIDX index)")
     version, code, sequences, documents = struct.unpack("<QBQQ", header[9:])
     if version != 1:
         raise IndexedDatasetError(f"{idx_path}: index version {version}, expected 1")
-    try:
-        dtype = DType.dtype_from_code(code)
-    except ValueError:
-        raise IndexedDatasetError(f"{idx_path}: unknown token dtype code {code}") from None
+    dtype = next((dtype for dtype, known in DTYPE_CODES.items() if known == code), None)
+    if dtype is None:
+        raise IndexedDatasetError(f"{idx_path}: unknown token dtype code {code}")
     return size, dtype, sequences, documents
 
 
@@ -180,8 +192,10 @@ def check_indexed_dataset(prefix: str, thorough: bool = False) -> None:
         raise IndexedDatasetError(
             f"{idx_path}: {idx_size} bytes, but its header announces {sequences} sequences and "
             f"{documents} document indices = {expected} bytes (truncated or corrupt index)")
+    from megatron.core.datasets.indexed_dataset import _IndexReader
+
     index = _IndexReader(idx_path, multimodal=False)
-    itemsize = DType.size(dtype)
+    itemsize = numpy.dtype(dtype).itemsize
     if documents == 0 or index.document_indices[0] != 0 or index.document_indices[-1] != sequences:
         raise IndexedDatasetError(f"{idx_path}: document indices must run from 0 to the sequence "
                                   f"count {sequences} (corrupt index)")
@@ -200,7 +214,7 @@ def check_indexed_dataset(prefix: str, thorough: bool = False) -> None:
             "from different runs)")
 
 
-def _check_index_arrays(index: _IndexReader, idx_path: str, itemsize: int) -> None:
+def _check_index_arrays(index, idx_path: str, itemsize: int) -> None:
     lengths = index.sequence_lengths.astype(numpy.int64)
     if numpy.any(lengths < 0) or numpy.any(numpy.diff(index.document_indices) < 0):
         raise IndexedDatasetError(f"{idx_path}: negative sequence length or decreasing document "
@@ -213,9 +227,11 @@ def _check_index_arrays(index: _IndexReader, idx_path: str, itemsize: int) -> No
 
 
 def open_indexed_dataset(prefix: str, tokenizer: Optional[Tokenizer] = None,
-                         thorough: bool = False) -> IndexedDataset:
+                         thorough: bool = False):
     """megatron-core's ``IndexedDataset`` for ``prefix`` after checking ``.idx`` against ``.bin``
     (and, when given, that the token dtype can hold the tokenizer's ids)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
     check_indexed_dataset(prefix, thorough)
     dataset = IndexedDataset(prefix)
     if tokenizer is not None and tokenizer.vocab_size - 1 > numpy.iinfo(dataset.index.dtype).max:

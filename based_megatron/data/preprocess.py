@@ -24,6 +24,11 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy
 
+from based_megatron.data.indexed import (
+    AtomicDatasetWriter,
+    IndexedDatasetError,
+    check_indexed_dataset,
+)
 from based_megatron.data.jsonl import (
     BAD_INPUT_CLASSES,
     BadInput,
@@ -31,7 +36,13 @@ from based_megatron.data.jsonl import (
     iter_line_chunks,
     parse_line,
 )
-from based_megatron.data.tokenizers import TOKENIZER_TYPES, Tokenizer, build_tokenizer, token_dtype
+from based_megatron.data.tokenizers import (
+    TOKENIZER_TYPES,
+    Tokenizer,
+    TokenizerError,
+    build_tokenizer,
+    token_dtype,
+)
 
 CHUNK_LINES = 512
 CHUNK_BYTES = 4 << 20
@@ -199,21 +210,26 @@ class _BadInputHandler:
 def _tokenize_files(files: Sequence[str], output_prefix: str, args: argparse.Namespace,
                     tokenizer: Tokenizer, label: str, record_tokenizer: bool) -> PreprocessStats:
     """One pipeline: files (in order) -> ``output_prefix_<key>_document`` datasets."""
-    from based_megatron.data.indexed import AtomicDatasetWriter
-
     progress = Progress(label, args.log_interval, args.quiet)
     on_bad = _BadInputHandler(args.skip_bad_lines, progress.stats)
     dtype = token_dtype(tokenizer.vocab_size)
-    writers = {key: AtomicDatasetWriter(output_prefix_for_key(output_prefix, key), dtype,
-                                        tokenizer if record_tokenizer else None)
-               for key in args.json_keys}
     # a worker that dies (OOM kill) fails the run with BrokenProcessPool instead of hanging it
     pool = ProcessPoolExecutor(args.workers, mp_context=_worker_context(),
                                initializer=_init_worker, initargs=(args, dtype, os.getpid()))
     pending: deque = deque()
     max_pending = 2 * args.workers + 2
+    writers: Dict[str, AtomicDatasetWriter] = {}
+
+    def open_writers() -> None:
+        """Opened once the first chunks are submitted: the writers' start-up (saving the tokenizer,
+        which imports transformers) then overlaps the workers' start and first chunks."""
+        for key in args.json_keys:
+            writers[key] = AtomicDatasetWriter(output_prefix_for_key(output_prefix, key), dtype,
+                                               tokenizer if record_tokenizer else None)
 
     def write_oldest() -> None:
+        if not writers:
+            open_writers()
         result: ChunkResult = pending.popleft().result()
         for error in result.bad:
             on_bad(error)
@@ -235,6 +251,8 @@ def _tokenize_files(files: Sequence[str], output_prefix: str, args: argparse.Nam
                 on_bad(error)
         while pending:
             write_oldest()
+        if not writers:  # no input lines at all
+            open_writers()
         for writer in writers.values():
             writer.commit()
     finally:
@@ -303,8 +321,6 @@ def _tokenize_partitioned(args: argparse.Namespace, tokenizer: Tokenizer) -> Pre
 
 
 def _merge_with_tokenizer(parts: List[str], output: str, tokenizer: Tokenizer) -> None:
-    from based_megatron.data.indexed import AtomicDatasetWriter, check_indexed_dataset
-
     with AtomicDatasetWriter(output, token_dtype(tokenizer.vocab_size), tokenizer) as writer:
         for part in parts:
             check_indexed_dataset(part)
@@ -394,9 +410,6 @@ def _report_totals(args, tokenizer: Tokenizer, stats: PreprocessStats, seconds: 
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from based_megatron.data.indexed import IndexedDatasetError
-    from based_megatron.data.tokenizers import TokenizerError
-
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     try:
         preprocess_main(argv)

@@ -380,7 +380,6 @@ def load_tokenizer_for_dataset(prefix: str) -> Tokenizer:
 
 
 def token_dtype(vocab_size: int):
-    """Megatron's choice: uint16 below 65,500 ids, int32 otherwise."""
-    from megatron.core.datasets.indexed_dataset import DType
-
-    return DType.optimal_dtype(vocab_size)
+    """megatron-core's ``DType.optimal_dtype``: uint16 below 65,500 ids, int32 otherwise (restated
+    here so that preprocessing does not import megatron-core, hence torch)."""
+    return numpy.uint16 if vocab_size < 65500 else numpy.int32

@@ -304,7 +304,19 @@ class Trainer:
         if args.tensorboard_dir:
             self._print(f"TensorBoard logs: {os.path.abspath(args.tensorboard_dir)} "
                         f"(tensorboard --logdir {args.tensorboard_dir})")
+        self._print_peak_memory()
         self.logger.close()
+
+    def _print_peak_memory(self):
+        """One line with every rank's peak device memory (allocated / reserved by PyTorch's allocator)."""
+        if not torch.cuda.is_available():
+            return
+        from based_megatron.training.distributed import all_gather_objects
+
+        gib = 2 ** 30
+        peaks = all_gather_objects((torch.cuda.max_memory_allocated() / gib, torch.cuda.max_memory_reserved() / gib))
+        self._print("peak memory per rank (GiB allocated / reserved): "
+                    + " | ".join(f"{rank}: {a:.2f} / {r:.2f}" for rank, (a, r) in enumerate(peaks)))
 
     def _train_step(self):
         """One optimizer step; returns the global-batch mean loss (identical on every rank)."""

@@ -7,20 +7,14 @@ the cubin's resource usage with the cuobjdump that ships with Triton. Stack > 0 
 """
 
 import argparse
-import os
-import re
-import subprocess
-import tempfile
 
 import torch
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
+from ..compile_report import compile_resources
 from . import triton_kernels as tk
 from .fused import COMPACT_FEATURES, FEATURE_DIM, LaunchConfig, _dot_types, _feature_constants
 
-CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 INPUT_POINTERS = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "x", "y"}
 STATE_POINTERS = {"h", "dh"}
@@ -42,7 +36,7 @@ def _signature(kernel, constexprs: dict, dtype: str, state_dtype: str) -> tuple:
             signature[name] = "*" + state_dtype
         elif name in INDEX_POINTERS:
             signature[name] = "*i32"
-        elif name in ("den", "r", "hz", "dhz", "h0", "hz0", "ht", "hzt"):
+        elif name in ("den", "r", "hz", "dhz", "hp", "hzp", "dhp", "dhzp", "h_end", "hz_end"):
             signature[name] = "*fp32"
         else:
             signature[name] = "i32"
@@ -51,33 +45,31 @@ def _signature(kernel, constexprs: dict, dtype: str, state_dtype: str) -> tuple:
     return signature, attrs
 
 
-def resources(kernel, constexprs: dict, num_warps: int, arch: int, dtype: str, state_dtype: str) -> dict:
+def resources(kernel, constexprs: dict, num_warps: int, num_stages: int, arch: int, dtype: str,
+              state_dtype: str) -> dict:
     signature, attrs = _signature(kernel, constexprs, dtype, state_dtype)
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs),
-                              target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps, num_stages=2))
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
-        cubin.write(compiled.asm["cubin"])
-        cubin.flush()
-        usage = subprocess.run([CUOBJDUMP, "-res-usage", cubin.name], capture_output=True, text=True,
-                               check=True).stdout
-    match = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-    return dict(regs=int(match[1]), stack=int(match[2]), shared=compiled.metadata.shared)
+    return compile_resources(kernel, signature, constexprs, attrs, num_warps, num_stages, arch)
 
 
 def kernel_variants(head_dim: int, torch_dtype: torch.dtype, cfg: LaunchConfig):
-    """(name, kernel, constexprs, warps) of every launch of one forward + backward with the default tiles."""
+    """(name, kernel, constexprs, warps, stages) of every launch of one forward + backward with the default tiles
+    (segmented scans: the consumers add the segments' starting states)."""
     types = _dot_types(torch_dtype)
     no_sel = {k: v for k, v in types.items() if k != "SEL_PREC"}
     common = dict(**_feature_constants(FEATURE_DIM), D=head_dim, C=cfg.chunk, IS_VARLEN=False)
-    scan = dict(common, BD=cfg.state_d, HAS_INITIAL=False, STORE_FINAL=False, PREC=types["PREC"],
-                STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"])
-    for rows in sorted({cfg.state_rows, 16}, reverse=True):
-        yield f"chunk scan fwd, {rows} rows", tk._chunk_state_kernel, dict(scan, BR=rows, REVERSE=False), cfg.state_warps
-        yield f"chunk scan bwd, {rows} rows", tk._chunk_state_kernel, dict(scan, BR=rows, REVERSE=True), cfg.state_warps
-    yield "output", tk._fwd_output_kernel, dict(common, BR=cfg.out_rows, BD=cfg.block_d, **no_sel), cfg.out_warps
-    dqdk = dict(common, BR=cfg.grad_rows, DP=triton.next_power_of_2(head_dim), **types)
-    yield "dq/dk", tk._bwd_dqdk_kernel, dqdk, cfg.grad_warps
-    yield "dv", tk._bwd_dv_kernel, dict(common, BR=cfg.dv_rows, BD=cfg.block_d, **no_sel), cfg.dv_warps
+    scan = dict(common, BD=cfg.state_d, STORE_END=True, PREC=types["PREC"], STATE_DT=types["STATE_DT"],
+                STATE_PREC=types["STATE_PREC"])
+    warps, stages = (cfg.state_warps, cfg.state_stages) if head_dim <= 64 else (2, 2)    # as fused.launch_config
+    for direction in ("fwd", "bwd"):
+        yield (f"chunk scan {direction}", tk._chunk_state_kernel,
+               dict(scan, BR=cfg.state_rows, REVERSE=direction == "bwd"), warps, stages)
+    yield ("output", tk._fwd_output_kernel, dict(common, BR=cfg.out_rows, BD=cfg.block_d, HAS_PREFIX=True, **no_sel),
+           cfg.out_warps, cfg.out_stages)
+    dqdk = dict(common, BR=cfg.grad_rows, DP=triton.next_power_of_2(head_dim), HAS_PREFIX=True, HAS_GRAD_PREFIX=True,
+                **types)
+    yield "dq/dk", tk._bwd_dqdk_kernel, dqdk, cfg.grad_warps, cfg.grad_stages
+    yield ("dv", tk._bwd_dv_kernel, dict(common, BR=cfg.dv_rows, BD=cfg.block_d, HAS_GRAD_PREFIX=True, **no_sel),
+           cfg.dv_warps, cfg.dv_stages)
 
 
 def main():
@@ -90,8 +82,8 @@ def main():
           f"{COMPACT_FEATURES} state rows)")
     print("|---|---|---|---|---|---|")
     for head_dim in (64, 112):
-        for name, kernel, constexprs, warps in kernel_variants(head_dim, DTYPES[args.dtype], LaunchConfig()):
-            res = resources(kernel, constexprs, warps, args.arch, args.dtype, state_dtype)
+        for name, kernel, constexprs, warps, stages in kernel_variants(head_dim, DTYPES[args.dtype], LaunchConfig()):
+            res = resources(kernel, constexprs, warps, stages, args.arch, args.dtype, state_dtype)
             print(f"| {name} | {head_dim} | {warps} | {res['regs']} | {res['stack']} B | {res['shared']} B |")
 
 

@@ -18,19 +18,28 @@ COMPACT_FEATURES = 1 + 2 * FEATURE_DIM + PAIRS                     # state rows 
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """Tiles and warps of each kernel. Rows: state rows per product (the live [rows, *] tiles); the defaults are the
-    largest tiles that compile for sm_90 without spills (bench/notes_kernels.md, round 2)."""
+    """Tiles, warps and pipeline stages of each kernel. Rows: state rows per product (the live [rows, *] tiles).
+    The defaults were picked by bench/tune_linear_attention.py on the H200 (bench/notes_kernels.md, round 3):
+    small CTAs (2-4 warps) win, several per multiprocessor hide each other's latency."""
     chunk: int = 64           # tokens per chunk (quadratic inside)
     block_d: int = 64         # value columns per program of the output and dv kernels (dq/dk takes all at once)
-    state_rows: int = 32      # chunk scan: state tile of one program, rows ...
+    state_rows: int = 64      # chunk scan: state tile of one program, rows ...
     state_d: int = 64         # ... and value columns
-    state_warps: int = 8
-    out_rows: int = 32
-    out_warps: int = 4
+    state_warps: int = 4
+    state_stages: int = 3
+    segment_chunks: int = 0   # chunks per scan segment; 0: enough segments for SCAN_PROGRAMS_PER_SM (fixed length)
+    out_rows: int = 64
+    out_warps: int = 2
+    out_stages: int = 3
     grad_rows: int = 16       # dq/dk kernel
-    grad_warps: int = 8
-    dv_rows: int = 64
-    dv_warps: int = 8
+    grad_warps: int = 2
+    grad_stages: int = 3
+    dv_rows: int = 16
+    dv_warps: int = 2
+    dv_stages: int = 3
+
+
+SCAN_PROGRAMS_PER_SM = 4      # a scan segment per program ... until this many programs per multiprocessor
 
 
 def _dot_types(dtype: torch.dtype) -> dict:
@@ -106,41 +115,47 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-def launch_config(n_seq: int, heads: int, head_dim: int, device: torch.device, chunk: int = 64,
-                  block_d: Optional[int] = None, num_warps: Optional[int] = None) -> LaunchConfig:
-    """Default tiles; the chunk scan's rows halve (to 16) while fewer than two scan programs per multiprocessor.
-
-    Off CUDA (Triton's interpreter) every kernel takes 64-row tiles: registers do not matter there, and fewer,
-    larger tiles interpret faster.
-    """
+def launch_config(head_dim: int, device: torch.device, chunk: int = 64, block_d: Optional[int] = None,
+                  num_warps: Optional[int] = None) -> LaunchConfig:
+    """Default tiles. Off CUDA (Triton's interpreter) every kernel takes 64-row tiles: registers do not matter
+    there, and fewer, larger tiles interpret faster."""
     block_d = block_d or min(64, max(16, triton.next_power_of_2(head_dim)))
     if device.type != "cuda":
-        return LaunchConfig(chunk=chunk, block_d=block_d, state_rows=64, state_d=block_d, out_rows=64, grad_rows=64)
-    state_rows = LaunchConfig.state_rows
-    while (triton.cdiv(COMPACT_FEATURES, state_rows) * triton.cdiv(head_dim, block_d) * n_seq * heads
-           < 2 * _multiprocessors(device)) and state_rows > 16:
-        state_rows //= 2
-    warps = {} if num_warps is None else dict(state_warps=num_warps, out_warps=num_warps, grad_warps=num_warps,
-                                              dv_warps=num_warps)
-    return LaunchConfig(chunk=chunk, block_d=block_d, state_rows=state_rows, state_d=block_d, **warps)
+        return LaunchConfig(chunk=chunk, block_d=block_d, state_d=block_d, grad_rows=64, dv_rows=64)
+    tuned = dict(state_warps=2, state_stages=2) if head_dim > 64 else {}   # measured: faster scans at D = 112
+    if num_warps is not None:
+        tuned.update(state_warps=num_warps, out_warps=num_warps, grad_warps=num_warps, dv_warps=num_warps)
+    return LaunchConfig(chunk=chunk, block_d=block_d, state_d=block_d, **tuned)
 
 
 @dataclass(frozen=True)
 class ChunkLayout:
-    """Where each sequence's chunks live in the per-chunk state tensors ([n_rows, H, M, D])."""
+    """Where each sequence's chunks live in the per-chunk state tensors ([n_rows, H, M, D]), and the scan segments:
+    chunk c of a sequence belongs to segment c // segment_chunks (packed documents: one segment each)."""
     n_rows: int                             # chunks of all sequences
     grid_chunks: int                        # grid axis 0 of the per-chunk kernels
     chunks_per_seq: int                     # NT (fixed-length batches; 0 when varlen)
     offsets: Optional[torch.Tensor]         # varlen: int32 [N + 1], first chunk row of each sequence
     indices: Optional[torch.Tensor]         # varlen: int32 [n_rows, 2], (sequence, chunk in sequence) per row
+    segments: int = 1                       # scan segments per sequence
+    segment_chunks: int = 2 ** 30
 
 
-def chunk_layout(batch: int, seq_len: int, cu_seqlens: Optional[torch.Tensor], chunk: int) -> ChunkLayout:
-    """Fixed-length batches: sequence n's chunk c is row n * NT + c. Packed documents: rows follow the documents
-    (one host sync to count them)."""
+def chunk_layout(batch: int, seq_len: int, cu_seqlens: Optional[torch.Tensor], cfg: LaunchConfig, heads: int,
+                 head_dim: int, device: torch.device) -> ChunkLayout:
+    """Fixed-length batches: sequence n's chunk c is row n * NT + c; the scan is cut into segments until it has
+    SCAN_PROGRAMS_PER_SM programs per multiprocessor (or into cfg.segment_chunks-chunk segments). Packed documents:
+    rows follow the documents (one host sync to count them), one segment per document."""
+    chunk = cfg.chunk
     if cu_seqlens is None:
         nt = triton.cdiv(seq_len, chunk)
-        return ChunkLayout(batch * nt, nt, nt, None, None)
+        seg = cfg.segment_chunks
+        if seg == 0:
+            programs = (triton.cdiv(COMPACT_FEATURES, cfg.state_rows) * triton.cdiv(head_dim, cfg.state_d)
+                        * batch * heads)
+            seg = triton.cdiv(nt, max(1, min(nt, SCAN_PROGRAMS_PER_SM * _multiprocessors(device) // programs)))
+        seg = max(1, min(seg, nt))
+        return ChunkLayout(batch * nt, nt, nt, None, None, triton.cdiv(nt, seg), seg)
     n_chunks = (cu_seqlens[1:] - cu_seqlens[:-1] + chunk - 1) // chunk
     offsets = torch.cat([n_chunks.new_zeros(1), n_chunks.cumsum(0)]).to(torch.int32)
     n_rows = int(offsets[-1].item())
@@ -155,31 +170,59 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
 
-def _chunk_states(x, y, den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, n_seq: int, eps: float,
-                  reverse: bool, initial=None, store_final: bool = False):
-    """Run the chunk scan: per-chunk states (h [rows, H, M, D], hz [rows, H, M]) and the scan's end state.
+@dataclass
+class ScanResult:
+    """Per-chunk states from the scan, relative to their segment (h [rows, H, M, D], hz [rows, H, M]); the
+    segments' starting states (prefix: ([N, NSEG, H, M, D], [N, NSEG, H, M]) fp32, None when all are zero) and
+    the state at the scan's end (end: [N, H, M, D], [N, H, M] fp32, only when asked for)."""
+    h: torch.Tensor
+    hz: torch.Tensor
+    prefix: Optional[tuple]
+    end: Optional[tuple]
+
+
+def _scan(x, y, den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, n_seq: int, eps: float,
+          reverse: bool, boundary=None, want_end: bool = False) -> ScanResult:
+    """Run the chunk scan, segments in parallel, and combine the segments' totals on the host side:
+    forward  P_s = S_0 + sum_{s' < s} total_s',  end = P_last + total_last   (boundary S_0: the initial state)
+    reverse  P_s = dS_T + sum_{s' > s} total_s', end = P_0 + total_0          (boundary: the final state's grad)
 
     Forward (reverse=False): x = k, y = v, h = state before each chunk. Backward: x = q, y = do (scaled by
     1 / (den + eps) in the kernel), weight r, h = gradient state after each chunk.
     """
     B, T, H, F = x.shape
     D = y.shape[-1]
+    nseg = layout.segments
     h = x.new_empty(layout.n_rows, H, COMPACT_FEATURES, D, dtype=_state_dtype(x.dtype))
     hz = x.new_empty(layout.n_rows, H, COMPACT_FEATURES, dtype=torch.float32)
-    final = None
-    if store_final:
-        final = (x.new_empty(n_seq, H, COMPACT_FEATURES, D, dtype=torch.float32),
-                 x.new_empty(n_seq, H, COMPACT_FEATURES, dtype=torch.float32))
+    totals = None
+    if nseg > 1 or want_end:
+        totals = (x.new_empty(n_seq, nseg, H, COMPACT_FEATURES, D, dtype=torch.float32),
+                  x.new_empty(n_seq, nseg, H, COMPACT_FEATURES, dtype=torch.float32))
     types = _dot_types(x.dtype)
-    grid = (triton.cdiv(COMPACT_FEATURES, cfg.state_rows), triton.cdiv(D, cfg.state_d), n_seq * H)
+    grid = (triton.cdiv(COMPACT_FEATURES, cfg.state_rows), triton.cdiv(D, cfg.state_d), n_seq * H * nseg)
     _chunk_state_kernel[grid](
-        x, y, *_or_dummy((den, r) if reverse else None, x), *_or_dummy(initial, x), h, hz, *_or_dummy(final, x),
-        cu_seqlens, layout.offsets, *x.stride(), *y.stride(), T, H, layout.chunks_per_seq, eps, D=D,
-        **_feature_constants(F), C=cfg.chunk, BR=cfg.state_rows, BD=cfg.state_d,
-        IS_VARLEN=cu_seqlens is not None, REVERSE=reverse, HAS_INITIAL=initial is not None, STORE_FINAL=store_final,
+        x, y, *_or_dummy((den, r) if reverse else None, x), h, hz, *_or_dummy(totals, x),
+        cu_seqlens, layout.offsets, *x.stride(), *y.stride(), T, H, layout.chunks_per_seq, nseg,
+        layout.segment_chunks, eps, D=D, **_feature_constants(F), C=cfg.chunk, BR=cfg.state_rows, BD=cfg.state_d,
+        IS_VARLEN=cu_seqlens is not None, REVERSE=reverse, STORE_END=totals is not None,
         PREC=types["PREC"], STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"],
-        num_warps=cfg.state_warps, num_stages=2)
-    return h, hz, final
+        num_warps=cfg.state_warps, num_stages=cfg.state_stages)
+    if totals is None:              # one segment, no end state wanted: the boundary (if any) is the only prefix
+        return ScanResult(h, hz, None if boundary is None else tuple(b.unsqueeze(1) for b in boundary), None)
+    prefix = tuple(_exclusive_cumsum(t, reverse) for t in totals)
+    if boundary is not None:
+        prefix = tuple(p + b.unsqueeze(1) for p, b in zip(prefix, boundary))
+    last = 0 if reverse else nseg - 1
+    end = tuple(p[:, last] + t[:, last] for p, t in zip(prefix, totals)) if want_end else None
+    return ScanResult(h, hz, prefix if nseg > 1 or boundary is not None else None, end)
+
+
+def _exclusive_cumsum(x: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """sum over the earlier segments (dim 1); reverse: over the later ones."""
+    if reverse:
+        return x.flip(1).cumsum(1).flip(1) - x
+    return x.cumsum(1) - x
 
 
 class LinearAttentionFunction(torch.autograd.Function):
@@ -189,34 +232,38 @@ class LinearAttentionFunction(torch.autograd.Function):
         B, T, H, F = q.shape
         D = v.shape[-1]
         n_seq = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else B
-        cfg = tuning if isinstance(tuning, LaunchConfig) else launch_config(n_seq, H, D, q.device, **tuning)
-        layout = chunk_layout(B, T, cu_seqlens, cfg.chunk)
+        cfg = tuning if isinstance(tuning, LaunchConfig) else launch_config(D, q.device, **tuning)
+        layout = chunk_layout(B, T, cu_seqlens, cfg, H, D, q.device)
         initial = None if s_init is None else (to_compact(s_init), to_compact(z_init))
-        h, hz, final = _chunk_states(k, v, None, None, cfg, layout, cu_seqlens, n_seq, eps, reverse=False,
-                                     initial=initial, store_final=output_final_state)
+        scan = _scan(k, v, None, None, cfg, layout, cu_seqlens, n_seq, eps, reverse=False, boundary=initial,
+                     want_end=output_final_state)
 
         o = torch.empty_like(v)
         den = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
         types = _dot_types(q.dtype)
         grid = (layout.grid_chunks, triton.cdiv(D, cfg.block_d), B * H)
         _fwd_output_kernel[grid](
-            q, k, v, o, den, h, hz, cu_seqlens, layout.indices, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-            T, H, layout.chunks_per_seq, eps, D=D, **_feature_constants(F), C=cfg.chunk, BR=cfg.out_rows,
-            BD=cfg.block_d, IS_VARLEN=cu_seqlens is not None, DOT_DT=types["DOT_DT"], STATE_DT=types["STATE_DT"],
-            PREC=types["PREC"], STATE_PREC=types["STATE_PREC"], num_warps=cfg.out_warps)
+            q, k, v, o, den, scan.h, scan.hz, *_or_dummy(scan.prefix, q), cu_seqlens, layout.indices,
+            *q.stride(), *k.stride(), *v.stride(), *o.stride(), T, H, layout.chunks_per_seq, layout.segments,
+            layout.segment_chunks, eps, D=D, **_feature_constants(F), C=cfg.chunk, BR=cfg.out_rows, BD=cfg.block_d,
+            IS_VARLEN=cu_seqlens is not None, HAS_PREFIX=scan.prefix is not None, DOT_DT=types["DOT_DT"],
+            STATE_DT=types["STATE_DT"], PREC=types["PREC"], STATE_PREC=types["STATE_PREC"],
+            num_warps=cfg.out_warps, num_stages=cfg.out_stages)
 
-        ctx.save_for_backward(q, k, v, o, den, h, hz, cu_seqlens)
+        ctx.save_for_backward(q, k, v, o, den, scan.h, scan.hz, *(scan.prefix or ()), cu_seqlens)
         ctx.cfg, ctx.layout, ctx.eps, ctx.n_seq, ctx.has_initial = cfg, layout, eps, n_seq, s_init is not None
+        ctx.has_prefix = scan.prefix is not None
         s_out = z_out = None
         if output_final_state:
-            s_out, z_out = to_public(final[0]), to_public(final[1])
+            s_out, z_out = to_public(scan.end[0]), to_public(scan.end[1])
             if s_init is not None:
                 s_out, z_out = s_out + invisible_part(s_init), z_out + invisible_part(z_init)
         return o, s_out, z_out
 
     @staticmethod
     def backward(ctx, do, ds_final, dz_final):
-        q, k, v, o, den, h, hz, cu_seqlens = ctx.saved_tensors
+        q, k, v, o, den, h, hz, *rest = ctx.saved_tensors
+        prefix, cu_seqlens = (tuple(rest[:2]), rest[2]) if ctx.has_prefix else (None, rest[0])
         cfg, layout, eps, n_seq = ctx.cfg, ctx.layout, ctx.eps, ctx.n_seq
         B, T, H, F = q.shape
         D = v.shape[-1]
@@ -235,24 +282,27 @@ class LinearAttentionFunction(torch.autograd.Function):
         if ds_final is not None or dz_final is not None:
             final_grad = (to_compact(_zeros_if_none(ds_final, (n_seq, H, FEATURES, D), q)),
                           to_compact(_zeros_if_none(dz_final, (n_seq, H, FEATURES), q)))
-        dh, dhz, grad_initial = _chunk_states(q, do, den, r, cfg, layout, cu_seqlens, n_seq, eps, reverse=True,
-                                              initial=final_grad, store_final=ctx.has_initial)
+        grad_scan = _scan(q, do, den, r, cfg, layout, cu_seqlens, n_seq, eps, reverse=True, boundary=final_grad,
+                          want_end=ctx.has_initial)
 
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         nt = layout.chunks_per_seq
         _bwd_dqdk_kernel[(layout.grid_chunks, 1, B * H)](
-            q, k, v, do, den, r, h, hz, dh, dhz, dq, dk, cu_seqlens, layout.indices,
-            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *dk.stride(), T, H, nt, eps, D=D,
-            BR=cfg.grad_rows, DP=triton.next_power_of_2(D), SEL_PREC=types["SEL_PREC"], num_warps=cfg.grad_warps,
-            **constants)
+            q, k, v, do, den, r, h, hz, *_or_dummy(prefix, q), grad_scan.h, grad_scan.hz,
+            *_or_dummy(grad_scan.prefix, q), dq, dk, cu_seqlens, layout.indices,
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *dk.stride(), T, H, nt,
+            layout.segments, layout.segment_chunks, eps, D=D, BR=cfg.grad_rows, DP=triton.next_power_of_2(D),
+            HAS_PREFIX=prefix is not None, HAS_GRAD_PREFIX=grad_scan.prefix is not None,
+            SEL_PREC=types["SEL_PREC"], num_warps=cfg.grad_warps, num_stages=cfg.grad_stages, **constants)
         _bwd_dv_kernel[(layout.grid_chunks, triton.cdiv(D, cfg.block_d), B * H)](
-            q, k, do, den, dh, dv, cu_seqlens, layout.indices,
-            *q.stride(), *k.stride(), *do.stride(), *dv.stride(), T, H, nt, eps, D=D, BR=cfg.dv_rows, BD=cfg.block_d,
-            num_warps=cfg.dv_warps, **constants)
+            q, k, do, den, grad_scan.h, *_or_dummy(grad_scan.prefix, q)[:1], dv, cu_seqlens, layout.indices,
+            *q.stride(), *k.stride(), *do.stride(), *dv.stride(), T, H, nt, layout.segments, layout.segment_chunks,
+            eps, D=D, BR=cfg.dv_rows, BD=cfg.block_d, HAS_GRAD_PREFIX=grad_scan.prefix is not None,
+            num_warps=cfg.dv_warps, num_stages=cfg.dv_stages, **constants)
 
         ds_init = dz_init = None
         if ctx.has_initial:
-            ds_init, dz_init = to_public(grad_initial[0]), to_public(grad_initial[1])
+            ds_init, dz_init = to_public(grad_scan.end[0]), to_public(grad_scan.end[1])
             if final_grad is not None:
                 ds_init = ds_init + invisible_part(_zeros_if_none(ds_final, ds_init.shape, q))
                 dz_init = dz_init + invisible_part(_zeros_if_none(dz_final, dz_init.shape, q))

@@ -14,7 +14,10 @@ selection products x @ sel. fused.py converts states between this layout and the
 Two levels, like flash-linear-attention's `chunk` kernels (sequences cut into chunks of C tokens):
   1. _chunk_state_kernel scans the chunks of a sequence and writes the state at every chunk boundary to HBM
      (h [chunks, H, M, D] = sum over earlier tokens of phi(k) v^T, hz [chunks, H, M] = sum phi(k)). One program per
-     (row block of BR features, value block of BD columns, sequence x head): the live state is one [BR, BD] tile.
+     (row block of BR features, value block of BD columns, sequence x head x segment): the live state is one
+     [BR, BD] tile. Long sequences are cut into segments of SEG chunks scanned in parallel, each from zero; their
+     end states give, by a cumulative sum on the host side, every segment's starting state P ([N, NSEG, H, M, D]
+     fp32, plus the initial state), which the consumers below add to h as they load it.
      The backward runs it in reverse time on (q, g = do / (den + eps), r) for dS, dz at each chunk's END.
   2. Fully parallel kernels per chunk, from those states:
      forward   num_i = sum_{j<=i in chunk} a_ij v_j + phi(q_i) S,  den_i = sum_j a_ij + phi(q_i).z,
@@ -107,7 +110,7 @@ def _sequence_bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
 
 @triton.jit
 def _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens, IS_VARLEN: tl.constexpr):
-    """(batch, head, first token of the sequence, sequence length, chunk within it, global chunk row)."""
+    """(sequence, batch, head, first token of the sequence, its length, chunk within it, global chunk row)."""
     if IS_VARLEN:
         i_n = tl.load(chunk_indices + 2 * i_c)
         i_t = tl.load(chunk_indices + 2 * i_c + 1)
@@ -119,32 +122,59 @@ def _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens, IS_VARLEN:
         row = i_n * NT + i_c
         i_h = i_bh % H
     i_b, bos, seq_len = _sequence_bounds(cu_seqlens, i_n, T, IS_VARLEN)
-    return i_b, i_h, bos, seq_len, i_t, row.to(tl.int64)
+    return i_n, i_b, i_h, bos, seq_len, i_t, row.to(tl.int64)
 
 
 @triton.jit
-def _chunk_state_kernel(x, y, den, r, h0, hz0, h, hz, ht, hzt, cu_seqlens, chunk_offsets,
+def _state_tile(h, hp, state_row, prefix_row, rows, row_mask, cols, col_mask, M, D,
+                TRANSPOSED: tl.constexpr, HAS_PREFIX: tl.constexpr):
+    """Rows x cols of a chunk's state h[state_row] plus (HAS_PREFIX) its segment's starting state hp[prefix_row];
+    [rows, cols], or [cols, rows] when TRANSPOSED."""
+    if TRANSPOSED:
+        tile = _tile(h + state_row * M * D, 1, D, cols, col_mask, rows, row_mask)
+        if HAS_PREFIX:
+            tile = tile.to(tl.float32) + _tile(hp + prefix_row * M * D, 1, D, cols, col_mask, rows, row_mask)
+    else:
+        tile = _tile(h + state_row * M * D, D, 1, rows, row_mask, cols, col_mask)
+        if HAS_PREFIX:
+            tile = tile.to(tl.float32) + _tile(hp + prefix_row * M * D, D, 1, rows, row_mask, cols, col_mask)
+    return tile
+
+
+@triton.jit
+def _state_norm(hz, hzp, state_row, prefix_row, rows, row_mask, M, HAS_PREFIX: tl.constexpr):
+    """Rows of a chunk's normaliser state hz[state_row] plus (HAS_PREFIX) its segment's start hzp[prefix_row]."""
+    z = tl.load(hz + state_row * M + rows, mask=row_mask, other=0.0)
+    if HAS_PREFIX:
+        z += tl.load(hzp + prefix_row * M + rows, mask=row_mask, other=0.0)
+    return z
+
+
+@triton.jit
+def _chunk_state_kernel(x, y, den, r, h, hz, h_end, hz_end, cu_seqlens, chunk_offsets,
                         sxb, sxt, sxh, sxf, syb, syt, syh, syd,
-                        T, H, NT, eps, D: tl.constexpr,
+                        T, H, NT, NSEG, SEG, eps, D: tl.constexpr,
                         F: tl.constexpr, M: tl.constexpr, PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr,
                         C: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
-                        IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr, HAS_INITIAL: tl.constexpr,
-                        STORE_FINAL: tl.constexpr, PREC: tl.constexpr, STATE_DT: tl.constexpr,
-                        STATE_PREC: tl.constexpr):
-    """Scan over chunks: h[chunk] = state before the chunk (REVERSE: the reverse-time state after it).
+                        IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr, STORE_END: tl.constexpr,
+                        PREC: tl.constexpr, STATE_DT: tl.constexpr, STATE_PREC: tl.constexpr):
+    """Scan over the chunks of one segment: h[chunk] = state before the chunk, counted from the segment's start
+    (REVERSE: the reverse-time state after it, counted from the segment's end).
 
     Forward: x = k, y = v, weight 1 (S = sum phi(k) v^T, z = sum phi(k)). Backward (REVERSE): x = q,
-    y = do / (den + eps), weight r (dS = sum phi(q) g^T, dz = sum phi(q) r). h0/hz0 start the scan, ht/hzt get
-    its end ([N, H, M, D] / [N, H, M] fp32). The value block 0 programs own the normaliser rows.
+    y = do / (den + eps), weight r (dS = sum phi(q) g^T, dz = sum phi(q) r). h_end/hz_end ([N, NSEG, H, M, D] /
+    [.., M] fp32) get the segment's total. The value block 0 programs own the normaliser rows.
     """
-    i_r, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_r, i_v, i_nhs = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_nh, i_s = i_nhs // NSEG, i_nhs % NSEG
     i_n, i_h = i_nh // H, i_nh % H
     i_b, bos, seq_len = _sequence_bounds(cu_seqlens, i_n, T, IS_VARLEN)
     if IS_VARLEN:
         first_row = tl.load(chunk_offsets + i_n).to(tl.int64)
     else:
         first_row = i_n.to(tl.int64) * NT
-    n_chunks = tl.cdiv(seq_len, C)
+    first_chunk = i_s * SEG
+    n_chunks = tl.minimum(tl.cdiv(seq_len, C) - first_chunk, SEG)
     f = tl.arange(0, F)
     m = i_r * BR + tl.arange(0, BR)
     m_mask = m < M
@@ -154,20 +184,16 @@ def _chunk_state_kernel(x, y, den, r, h0, hz0, h, hz, ht, hzt, cu_seqlens, chunk
     tile_offs = m[:, None] * D + cols[None, :]
     owns_z = i_v == 0
 
-    if HAS_INITIAL:
-        b_h = tl.load(h0 + i_nh.to(tl.int64) * M * D + tile_offs, mask=tile_mask, other=0.0)
-        b_z = tl.load(hz0 + i_nh.to(tl.int64) * M + m, mask=m_mask, other=0.0)
-    else:
-        b_h = tl.zeros([BR, BD], dtype=tl.float32)
-        b_z = tl.zeros([BR], dtype=tl.float32)
+    b_h = tl.zeros([BR, BD], dtype=tl.float32)
+    b_z = tl.zeros([BR], dtype=tl.float32)
     x_base = x + i_b * sxb + bos * sxt + i_h * sxh
     y_base = y + i_b * syb + bos * syt + i_h * syh
     tok_base = (i_b * T + bos) * H + i_h
     for i in range(n_chunks):
         if REVERSE:
-            i_t = n_chunks - 1 - i
+            i_t = first_chunk + n_chunks - 1 - i
         else:
-            i_t = i
+            i_t = first_chunk + i
         row = (first_row + i_t) * H + i_h
         tl.store(h + row * M * D + tile_offs, b_h.to(h.dtype.element_ty), mask=tile_mask)
         if owns_z:
@@ -187,23 +213,25 @@ def _chunk_state_kernel(x, y, den, r, h0, hz0, h, hz, ht, hzt, cu_seqlens, chunk
             b_h = tl.dot(phi.to(STATE_DT), yc.to(STATE_DT), b_h, input_precision=STATE_PREC)
         b_z += tl.sum(phi * w[None, :], 1)
 
-    if STORE_FINAL:
-        tl.store(ht + i_nh.to(tl.int64) * M * D + tile_offs, b_h, mask=tile_mask)
+    if STORE_END:
+        end_row = (i_n.to(tl.int64) * NSEG + i_s) * H + i_h
+        tl.store(h_end + end_row * M * D + tile_offs, b_h, mask=tile_mask)
         if owns_z:
-            tl.store(hzt + i_nh.to(tl.int64) * M + m, b_z, mask=m_mask)
+            tl.store(hz_end + end_row * M + m, b_z, mask=m_mask)
 
 
 @triton.jit
-def _fwd_output_kernel(q, k, v, o, den, h, hz, cu_seqlens, chunk_indices,
+def _fwd_output_kernel(q, k, v, o, den, h, hz, hp, hzp, cu_seqlens, chunk_indices,
                        sqb, sqt, sqh, sqf, skb, skt, skh, skf, svb, svt, svh, svd, sob, sot, soh, sod,
-                       T, H, NT, eps, D: tl.constexpr,
+                       T, H, NT, NSEG, SEG, eps, D: tl.constexpr,
                        F: tl.constexpr, M: tl.constexpr, PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr,
                        C: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, IS_VARLEN: tl.constexpr,
-                       DOT_DT: tl.constexpr, STATE_DT: tl.constexpr, PREC: tl.constexpr,
+                       HAS_PREFIX: tl.constexpr, DOT_DT: tl.constexpr, STATE_DT: tl.constexpr, PREC: tl.constexpr,
                        STATE_PREC: tl.constexpr):
     """o and den of one chunk and value block: intra-chunk quadratic term plus phi(q) against the chunk's state."""
     i_c, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h, bos, seq_len, i_t, row = _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens, IS_VARLEN)
+    i_n, i_b, i_h, bos, seq_len, i_t, row = _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens,
+                                                              IS_VARLEN)
     f = tl.arange(0, F)
     t = i_t * C + tl.arange(0, C)
     t_mask = t < seq_len
@@ -219,15 +247,16 @@ def _fwd_output_kernel(q, k, v, o, den, h, hz, cu_seqlens, chunk_indices,
     num = tl.dot(a.to(DOT_DT), vc.to(DOT_DT), input_precision=PREC)
     den_c = tl.sum(a, 1)
 
-    h_base = h + row * H * M * D + i_h * M * D
+    state_row = row * H + i_h
+    prefix_row = (i_n.to(tl.int64) * NSEG + i_t // SEG) * H + i_h
     for i_r in range(tl.cdiv(M, BR)):
         m = i_r * BR + tl.arange(0, BR)
         m_mask = m < M
         qa, qb, scale = _features(qc, m, F, M, PHI1_SCALE, PHI2_SCALE, PREC)
         phi = qa * qb * scale[None, :]                                                     # [C, BR]
-        b_h = _tile(h_base, D, 1, m, m_mask, cols, col_mask)
+        b_h = _state_tile(h, hp, state_row, prefix_row, m, m_mask, cols, col_mask, M, D, False, HAS_PREFIX)
         num = tl.dot(phi.to(STATE_DT), b_h.to(STATE_DT), num, input_precision=STATE_PREC)
-        b_z = tl.load(hz + (row * H + i_h) * M + m, mask=m_mask, other=0.0)
+        b_z = _state_norm(hz, hzp, state_row, prefix_row, m, m_mask, M, HAS_PREFIX)
         den_c += tl.sum(phi * b_z[None, :], 1)
 
     out = num / (den_c + eps)[:, None]
@@ -255,18 +284,20 @@ def _bwd_delta_kernel(o, do, den, r, sob, sot, soh, sod, sdb, sdt, sdh, sdd, T, 
 
 
 @triton.jit
-def _bwd_dqdk_kernel(q, k, v, do, den, r, h, hz, dh, dhz, dq, dk, cu_seqlens, chunk_indices,
+def _bwd_dqdk_kernel(q, k, v, do, den, r, h, hz, hp, hzp, dh, dhz, dhp, dhzp, dq, dk, cu_seqlens, chunk_indices,
                      sqb, sqt, sqh, sqf, skb, skt, skh, skf, svb, svt, svh, svd, sdb, sdt, sdh, sdd,
                      sgb, sgt, sgh, sgf, skgb, skgt, skgh, skgf,
-                     T, H, NT, eps, D: tl.constexpr,
+                     T, H, NT, NSEG, SEG, eps, D: tl.constexpr,
                      F: tl.constexpr, M: tl.constexpr, PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr,
                      C: tl.constexpr, BR: tl.constexpr, DP: tl.constexpr, IS_VARLEN: tl.constexpr,
+                     HAS_PREFIX: tl.constexpr, HAS_GRAD_PREFIX: tl.constexpr,
                      DOT_DT: tl.constexpr, STATE_DT: tl.constexpr, PREC: tl.constexpr, STATE_PREC: tl.constexpr,
                      SEL_PREC: tl.constexpr):
     """dq and dk of one chunk, all value columns at once (DP = D padded to a power of 2): intra-chunk terms plus
     d/dq [phi(q).(S g + z r)] with the chunk's starting state and d/dk [phi(k).(dS v + dz)] with its ending one."""
     i_c, i_bh = tl.program_id(0), tl.program_id(2)
-    i_b, i_h, bos, seq_len, i_t, row = _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens, IS_VARLEN)
+    i_n, i_b, i_h, bos, seq_len, i_t, row = _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens,
+                                                              IS_VARLEN)
     f = tl.arange(0, F)
     t = i_t * C + tl.arange(0, C)
     t_mask = t < seq_len
@@ -292,15 +323,17 @@ def _bwd_dqdk_kernel(q, k, v, do, den, r, h, hz, dh, dhz, dq, dk, cu_seqlens, ch
     dq_c = tl.dot(ds.to(DOT_DT), kc, input_precision=PREC)
     dk_c = tl.dot(tl.trans(ds).to(DOT_DT), qc, input_precision=PREC)
 
-    state = (row * H + i_h) * M
+    state_row = row * H + i_h
+    prefix_row = (i_n.to(tl.int64) * NSEG + i_t // SEG) * H + i_h
     for i_r in range(tl.cdiv(M, BR)):
         m = i_r * BR + tl.arange(0, BR)
         m_mask = m < M
-        h_t = _tile(h + state * D, 1, D, cols, col_mask, m, m_mask)                          # S^T [DP, BR]
-        dh_t = _tile(dh + state * D, 1, D, cols, col_mask, m, m_mask)
-        wq = r_c[:, None] * tl.load(hz + state + m, mask=m_mask, other=0.0)[None, :]         # [C, BR]
-        wq = tl.dot(g.to(STATE_DT), h_t.to(STATE_DT), wq, input_precision=STATE_PREC)
-        wk = tl.load(dhz + state + m, mask=m_mask, other=0.0)[None, :] + tl.zeros([C, BR], dtype=tl.float32)
+        h_t = _state_tile(h, hp, state_row, prefix_row, m, m_mask, cols, col_mask, M, D, True, HAS_PREFIX)  # S^T
+        dh_t = _state_tile(dh, dhp, state_row, prefix_row, m, m_mask, cols, col_mask, M, D, True, HAS_GRAD_PREFIX)
+        wq = r_c[:, None] * _state_norm(hz, hzp, state_row, prefix_row, m, m_mask, M, HAS_PREFIX)[None, :]
+        wq = tl.dot(g.to(STATE_DT), h_t.to(STATE_DT), wq, input_precision=STATE_PREC)          # [C, BR]
+        wk = (_state_norm(dhz, dhzp, state_row, prefix_row, m, m_mask, M, HAS_GRAD_PREFIX)[None, :]
+              + tl.zeros([C, BR], dtype=tl.float32))
         wk = tl.dot(vc.to(STATE_DT), dh_t.to(STATE_DT), wk, input_precision=STATE_PREC)
         qa, qb, _ = _features(qc, m, F, M, PHI1_SCALE, PHI2_SCALE, PREC)
         dq_c += _features_grad(wq, qa, qb, m, F, M, PHI1_SCALE, PHI2_SCALE, SEL_PREC)
@@ -315,15 +348,17 @@ def _bwd_dqdk_kernel(q, k, v, do, den, r, h, hz, dh, dhz, dq, dk, cu_seqlens, ch
 
 
 @triton.jit
-def _bwd_dv_kernel(q, k, do, den, dh, dv, cu_seqlens, chunk_indices,
+def _bwd_dv_kernel(q, k, do, den, dh, dhp, dv, cu_seqlens, chunk_indices,
                    sqb, sqt, sqh, sqf, skb, skt, skh, skf, sdb, sdt, sdh, sdd, swb, swt, swh, swd,
-                   T, H, NT, eps, D: tl.constexpr,
+                   T, H, NT, NSEG, SEG, eps, D: tl.constexpr,
                    F: tl.constexpr, M: tl.constexpr, PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr,
                    C: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, IS_VARLEN: tl.constexpr,
-                   DOT_DT: tl.constexpr, STATE_DT: tl.constexpr, PREC: tl.constexpr, STATE_PREC: tl.constexpr):
+                   HAS_GRAD_PREFIX: tl.constexpr, DOT_DT: tl.constexpr, STATE_DT: tl.constexpr, PREC: tl.constexpr,
+                   STATE_PREC: tl.constexpr):
     """dv_j = sum_{i >= j in chunk} a_ij g_i + phi(k_j) dS for one chunk and value block (dS: the chunk's end)."""
     i_c, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h, bos, seq_len, i_t, row = _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens, IS_VARLEN)
+    i_n, i_b, i_h, bos, seq_len, i_t, row = _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens,
+                                                              IS_VARLEN)
     f = tl.arange(0, F)
     t = i_t * C + tl.arange(0, C)
     t_mask = t < seq_len
@@ -338,12 +373,13 @@ def _bwd_dv_kernel(q, k, do, den, dh, dv, cu_seqlens, chunk_indices,
     a_t = tl.where(t[:, None] <= t[None, :],
                    1.0 + s_t * (PHI1_SCALE * PHI1_SCALE) + s_t * s_t * (PHI2_SCALE * PHI2_SCALE), 0.0)
     dv_c = tl.dot((a_t * inv_den[None, :]).to(DOT_DT), doc.to(DOT_DT), input_precision=PREC)   # a^T g
-    state = (row * H + i_h) * M
+    state_row = row * H + i_h
+    prefix_row = (i_n.to(tl.int64) * NSEG + i_t // SEG) * H + i_h
     for i_r in range(tl.cdiv(M, BR)):
         m = i_r * BR + tl.arange(0, BR)
         m_mask = m < M
         ka, kb, scale = _features(kc, m, F, M, PHI1_SCALE, PHI2_SCALE, PREC)
-        b_dh = _tile(dh + state * D, D, 1, m, m_mask, cols, col_mask)
+        b_dh = _state_tile(dh, dhp, state_row, prefix_row, m, m_mask, cols, col_mask, M, D, False, HAS_GRAD_PREFIX)
         dv_c = tl.dot((ka * kb * scale[None, :]).to(STATE_DT), b_dh.to(STATE_DT), dv_c, input_precision=STATE_PREC)
     tl.store(dv + i_b * swb + (bos + t[:, None]) * swt + i_h * swh + cols[None, :] * swd, dv_c.to(dv.dtype.element_ty),
              mask=t_mask[:, None] & col_mask[None, :])

@@ -1,5 +1,8 @@
 """Autograd function and launchers of the fused short conv + SiLU + gate (kernels in triton_kernels.py)."""
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import triton
 
@@ -8,6 +11,27 @@ from .triton_kernels import _bwd_kernel, _fwd_kernel, _step_kernel
 
 BLOCK_T = 32
 BLOCK_C = 128
+
+
+@dataclass(frozen=True)
+class BackwardTiles:
+    """Launch of the backward kernel: tiles of block_t time steps (of which block_t - (K-1) are owned, the rest is the
+    halo) x block_c channels on num_warps warps; each program loops over up to tiles_per_program tiles (the scratch
+    slot and the dw/dbias sums are per program). Speed knobs only: results do not depend on them. Compiled for
+    sm_90 (bf16, K = 3; `python -m based_kernels.short_conv.compile_report`), each variant takes 128 registers:
+    32 x 64 x 8 warps: 2 CTAs (16 warps) per SM; 32 x 32 x 4: 4 CTAs (16 warps); 16 x 64 x 4: 4 CTAs, twice the
+    halo share. The default, 32 x 32 x 4, was the fastest at C = 2048 on the H200 (bench/tune_short_conv.py)."""
+    block_t: int = 32
+    block_c: int = 32
+    num_warps: int = 4
+    tiles_per_program: int = 8
+
+
+BACKWARD_TILE_VARIANTS = {
+    "32x64x8": BackwardTiles(block_c=64, num_warps=8),
+    "32x32x4": BackwardTiles(),
+    "16x64x4": BackwardTiles(block_t=16, block_c=64, num_warps=4),
+}
 
 
 def _grid(b: int, t: int, c: int):
@@ -24,7 +48,7 @@ def _state_args(state, like):
 class ShortConvGateFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, u, g, weight, bias, initial_state):
+    def forward(ctx, u, g, weight, bias, initial_state, tiles):
         b, t, c = u.shape
         k = weight.shape[1]
         y = torch.empty_like(g)
@@ -33,28 +57,38 @@ class ShortConvGateFunction(torch.autograd.Function):
             u, g, weight, bias, state, y, *u.stride(), *g.stride(), *y.stride(), *state_strides, *weight.stride(),
             t, c, K=k, HAS_STATE=initial_state is not None, BT=BLOCK_T, BC=BLOCK_C, num_warps=4)
         ctx.save_for_backward(u, g, weight, bias, initial_state)
+        ctx.tiles = tiles
         return y
 
     @staticmethod
     def backward(ctx, dy):
         u, g, weight, bias, initial_state = ctx.saved_tensors
-        b, t, c = u.shape
-        k = weight.shape[1]
-        grid = _grid(b, t, c)
-        du, dg = torch.empty_like(u), torch.empty_like(g)
-        dw_part = u.new_empty(b * grid[0], c, k, dtype=torch.float32)
-        db_part = u.new_empty(b * grid[0], c, dtype=torch.float32)
-        state, state_strides = _state_args(initial_state, u)
-        _bwd_kernel[grid](
-            u, g, weight, bias, state, dy, du, dg, dw_part, db_part,
-            *u.stride(), *g.stride(), *dy.stride(), *state_strides, *weight.stride(),
-            t, c, K=k, HAS_STATE=initial_state is not None, BT=BLOCK_T, BC=BLOCK_C, num_warps=4)
-        dw = dw_part.sum(0).to(weight.dtype)
-        db = db_part.sum(0).to(bias.dtype)
+        du, dg, dw, db = _backward(u, g, weight, bias, initial_state, dy, ctx.tiles)
         d_state = None
         if initial_state is not None and ctx.needs_input_grad[4]:
             d_state = _initial_state_grad(u, g, weight, bias, initial_state, dy)
-        return du, dg, dw, db, d_state
+        return du, dg, dw, db, d_state, None
+
+
+def _backward(u, g, weight, bias, initial_state, dy, tiles: BackwardTiles):
+    """du, dg, dw, dbias from the backward kernel (see _bwd_kernel); dw and dbias add up the programs' sums."""
+    b, t, c = u.shape
+    k = weight.shape[1]
+    block_t = max(tiles.block_t, triton.next_power_of_2(2 * k))      # at least as many owned steps as halo steps
+    tiles_per_row = triton.cdiv(max(t, 1), block_t - (k - 1))
+    channel_blocks = triton.cdiv(c, tiles.block_c)
+    programs = triton.cdiv(b * tiles_per_row, tiles.tiles_per_program)
+    du, dg = torch.empty_like(u), torch.empty_like(g)
+    dwb_part = u.new_empty(programs, k + 1, c, dtype=torch.float32)
+    scratch = u.new_empty(channel_blocks * programs, block_t, tiles.block_c, dtype=torch.float32)
+    state, state_strides = _state_args(initial_state, u)
+    _bwd_kernel[(programs, channel_blocks)](
+        u, g, weight, bias, state, dy, du, dg, dwb_part, scratch,
+        *u.stride(), *g.stride(), *dy.stride(), *state_strides, *weight.stride(),
+        t, c, b * tiles_per_row, tiles_per_row, K=k, HAS_STATE=initial_state is not None, BT=block_t,
+        BC=tiles.block_c, num_warps=tiles.num_warps, num_stages=1)
+    dwb = dwb_part.sum(0)
+    return du, dg, dwb[:k].t().contiguous().to(weight.dtype), dwb[k].to(bias.dtype)
 
 
 def _initial_state_grad(u, g, weight, bias, initial_state, dy):
@@ -76,10 +110,12 @@ def final_conv_state(u, initial_state, k: int):
     return torch.cat([history[:, :, history.shape[2] - (k - 1 - recent.shape[2]):], recent], dim=2)
 
 
-def short_conv_gate_fused(u, g, weight, bias, *, initial_state=None, output_final_state=False):
-    """based_kernels.short_conv_gate on the Triton kernels (same contract; see naive.py)."""
+def short_conv_gate_fused(u, g, weight, bias, *, initial_state=None, output_final_state=False,
+                          backward_tiles: Optional[BackwardTiles] = None):
+    """based_kernels.short_conv_gate on the Triton kernels (same contract; see naive.py). backward_tiles: the
+    backward kernel's tile (a speed knob, see BACKWARD_TILE_VARIANTS); default BackwardTiles()."""
     _check_inputs(u, g, weight, bias, initial_state)
-    y = ShortConvGateFunction.apply(u, g, weight, bias, initial_state)
+    y = ShortConvGateFunction.apply(u, g, weight, bias, initial_state, backward_tiles or BackwardTiles())
     if output_final_state:
         return y, final_conv_state(u, initial_state, weight.shape[1])
     return y

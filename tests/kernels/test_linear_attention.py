@@ -132,3 +132,10 @@ def test_bad_inputs_name_the_problem():
         linear_attention_fused(q, k, v, initial_state=(torch.zeros(2, 2, 10, 16), torch.zeros(2, 2, 10)))
     with pytest.raises(TypeError, match="dtypes differ"):
         linear_attention_fused(q, k, v.half())
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_scan_segments_match_one_segment(with_state):
+    """Long sequences scan in parallel segments (3-chunk segments here, the last one short)."""
+    compare(torch.float32, 2, 120, 2, 24, seed=19, with_state=with_state,
+            config=LaunchConfig(chunk=16, block_d=16, segment_chunks=3))

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from based_kernels.short_conv.fused import short_conv_gate_fused, short_conv_gate_step_fused
+from based_kernels.short_conv.fused import (BACKWARD_TILE_VARIANTS, BackwardTiles, short_conv_gate_fused,
+                                           short_conv_gate_step_fused)
 from based_kernels.short_conv.naive import short_conv_gate_reference, short_conv_gate_step_reference
 
 
@@ -11,19 +12,13 @@ def rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-@pytest.mark.parametrize("dtype, b, t, c, k, with_state", [
-    (torch.float32, 2, 37, 40, 3, False),       # T and C not multiples of the tiles
-    (torch.float32, 1, 5, 130, 3, True),        # batch 1, short sequence, state in
-    (torch.float32, 2, 1, 16, 4, True),         # T < K-1: the final state reaches into the initial one
-    (torch.float16, 3, 70, 20, 2, True),
-])
-def test_matches_reference(dtype, b, t, c, k, with_state):
-    gen = torch.Generator().manual_seed(t * 7 + c)
+def check_against_reference(dtype, b, t, c, k, with_state, **knobs):
+    gen = torch.Generator().manual_seed(t * 7 + c + k)
     leaves = [torch.randn(*shape, generator=gen).to(dtype).requires_grad_()
               for shape in ((b, t, c), (b, t, c), (c, k), (c,)) + (((b, c, k - 1),) if with_state else ())]
     u, g, w, bias = leaves[:4]
     state = leaves[4] if with_state else None
-    y, final = short_conv_gate_fused(u, g, w, bias, initial_state=state, output_final_state=True)
+    y, final = short_conv_gate_fused(u, g, w, bias, initial_state=state, output_final_state=True, **knobs)
     ref_leaves = [x.detach().double().requires_grad_() for x in leaves]
     y_ref, final_ref = short_conv_gate_reference(*ref_leaves[:4], initial_state=ref_leaves[4] if with_state else None,
                                                  output_final_state=True)
@@ -31,18 +26,46 @@ def test_matches_reference(dtype, b, t, c, k, with_state):
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     assert y.dtype == dtype and rel_err(y, y_ref) <= tol
     assert torch.equal(final.double(), final_ref)
-    for i, (got, want) in enumerate(zip(torch.autograd.grad(y, leaves, dy),
-                                        torch.autograd.grad(y_ref, ref_leaves, dy.double()))):
-        assert rel_err(got, want) <= tol, f"gradient of input {i}"
+    names = ["du", "dg", "dw", "dbias", "dstate"]
+    for name, got, want in zip(names, torch.autograd.grad(y, leaves, dy),
+                               torch.autograd.grad(y_ref, ref_leaves, dy.double())):
+        assert got.dtype == dtype and rel_err(got, want) <= tol, f"{name}: rel err {rel_err(got, want):.2e}"
+        if name in ("dw", "dbias"):         # parameter gradients: optimizers flatten them with .view
+            assert got.is_contiguous(), f"{name} is not contiguous"
+
+
+@pytest.mark.parametrize("dtype, b, t, c, k, with_state", [
+    (torch.float32, 2, 37, 40, 3, False),       # T and C not multiples of the tiles, several tiles per program
+    (torch.float32, 1, 5, 130, 3, True),        # batch 1, short sequence, state in
+    (torch.float32, 2, 1, 16, 4, True),         # T < K-1: the final state reaches into the initial one
+    (torch.float32, 3, 2, 8, 3, False),         # T < K, no state
+    (torch.float32, 2, 45, 24, 4, True),        # state in with several tiles: dw terms from the state
+    (torch.float16, 3, 70, 20, 2, True),
+    (torch.float16, 2, 33, 136, 3, False),
+])
+def test_matches_reference(dtype, b, t, c, k, with_state):
+    check_against_reference(dtype, b, t, c, k, with_state)
+
+
+@pytest.mark.parametrize("tiles", list(BACKWARD_TILE_VARIANTS.values()) + [BackwardTiles(tiles_per_program=3)])
+def test_backward_tile_variants(tiles):
+    """Every offered tile, and several programs per channel block, each looping over several tiles."""
+    check_against_reference(torch.float32, 2, 75, 72, 3, True, backward_tiles=tiles)
 
 
 def test_strided_views():
+    """The model passes [T, B, C] activations transposed to [B, T, C]; gradients come back in the same layout."""
     gen = torch.Generator().manual_seed(0)
-    u_tb, g_tb = torch.randn(9, 2, 24, generator=gen), torch.randn(9, 2, 24, generator=gen)
+    u_tb, g_tb, dy_tb = (torch.randn(19, 2, 24, generator=gen) for _ in range(3))
     w, bias = torch.randn(24, 3, generator=gen), torch.randn(24, generator=gen)
+    leaves = [u_tb.requires_grad_(), g_tb.requires_grad_(), w.requires_grad_(), bias.requires_grad_()]
     y = short_conv_gate_fused(u_tb.transpose(0, 1), g_tb.transpose(0, 1), w, bias)
-    assert rel_err(y, short_conv_gate_reference(u_tb.transpose(0, 1).double(), g_tb.transpose(0, 1).double(),
-                                                w.double(), bias.double())) <= 1e-6
+    ref_leaves = [x.detach().double().requires_grad_() for x in leaves]
+    y_ref = short_conv_gate_reference(ref_leaves[0].transpose(0, 1), ref_leaves[1].transpose(0, 1), *ref_leaves[2:])
+    assert rel_err(y, y_ref) <= 1e-6
+    for got, want in zip(torch.autograd.grad(y, leaves, dy_tb.transpose(0, 1)),
+                         torch.autograd.grad(y_ref, ref_leaves, dy_tb.transpose(0, 1).double())):
+        assert rel_err(got, want) <= 1e-6
 
 
 def test_decode_step_matches_reference_and_shifts_state():

@@ -1,0 +1,152 @@
+"""Pick the linear-attention launch configuration from measurement (one H200; not a test).
+
+    python bench/tune_linear_attention.py --out DIR [--jobs 12]
+
+For every candidate LaunchConfig (--search tiles: chunk 64 / 128 x warps 2 / 4 / 8 x state-row tiles 16 / 32 / 64,
+the same choice given to every kernel; --search stages: pipeline stages 1-4 around the defaults and, at T = 16384,
+the scan's segment length) and shape (T = 2048 at D = 64 and 112, T = 16384 at D = 64; B*T = 32768, 16 heads, bf16),
+one fwd+bwd step runs under torch.profiler and the CUDA time of each kernel is recorded. The kernels do not share
+tiles, so the best configuration of each kernel can be combined: the script prints, per chunk size and shape, every
+kernel's fastest tile choice and the sum of those minima. Compilation of all candidates first runs in --jobs
+parallel processes (Triton's on-disk cache), then one process measures. Writes DIR/tune.md and DIR/tune.json.
+"""
+
+import argparse
+import concurrent.futures
+import dataclasses
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kernels import LaunchConfig, fwd_bwd, la_inputs, linear_attention_fused  # noqa: E402  (bench/kernels.py)
+
+TOKENS, HEADS = 32768, 16
+SHAPES = [(2048, 64), (2048, 112), (16384, 64)]
+KERNELS = {"_chunk_state_kernel": "scan (fwd + bwd)", "_fwd_output_kernel": "output", "_bwd_dqdk_kernel": "dq/dk",
+           "_bwd_dv_kernel": "dv", "_bwd_delta_kernel": "delta"}
+TILE_FIELDS = {"scan (fwd + bwd)": ("state_rows", "state_warps"), "output": ("out_rows", "out_warps"),
+               "dq/dk": ("grad_rows", "grad_warps"), "dv": ("dv_rows", "dv_warps"), "delta": ()}
+
+
+def tile_candidates(t, d):
+    for chunk, warps, rows in itertools.product((64, 128), (2, 4, 8), (16, 32, 64)):
+        yield LaunchConfig(chunk=chunk, state_rows=rows, state_warps=warps, out_rows=rows, out_warps=warps,
+                           grad_rows=rows, grad_warps=warps, dv_rows=rows, dv_warps=warps)
+
+
+def stage_and_segment_candidates(t, d):
+    """Around the defaults: pipeline stages of every kernel, and (T = 16384) the scan's segment length."""
+    base = LaunchConfig(state_warps=2 if d > 64 else 4)
+    for stages in (1, 2, 3, 4):
+        yield dataclasses.replace(base, state_stages=stages, out_stages=stages, grad_stages=stages, dv_stages=stages)
+    if t > 2048:
+        for seg in (4, 8, 16, 32, 256):
+            yield dataclasses.replace(base, segment_chunks=seg)
+
+
+SEARCHES = {"tiles": tile_candidates, "stages": stage_and_segment_candidates}
+
+
+def jobs(search):
+    return [(t, d, cfg) for t, d in SHAPES for cfg in SEARCHES[search](t, d)]
+
+
+def step_of(t, d, cfg):
+    fn = lambda q, k, v: linear_attention_fused(q, k, v, config=cfg)     # noqa: E731
+    return fwd_bwd(fn, la_inputs(TOKENS // t, t, HEADS, d, torch.bfloat16))
+
+
+def compile_some(part):
+    """Worker: run each job once (compiles it into Triton's cache); returns the jobs that failed, with why."""
+    failed = []
+    for t, d, cfg in part:
+        try:
+            step_of(t, d, cfg)()
+            torch.cuda.synchronize()
+        except Exception as exc:                                    # out of resources, compile errors
+            failed.append(((t, d, cfg), f"{type(exc).__name__}: {str(exc)[:120]}"))
+    return failed
+
+
+def kernel_times(step, iters=10):
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize()
+    return {KERNELS[e.key]: e.device_time_total / iters / 1e3 for e in prof.key_averages() if e.key in KERNELS}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--jobs", type=int, default=12)
+    parser.add_argument("--search", choices=sorted(SEARCHES), default="tiles")
+    args = parser.parse_args()
+    all_jobs = jobs(args.search)
+    parts = [all_jobs[i::args.jobs] for i in range(args.jobs)]
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        failed = dict(kv for part in pool.map(compile_some, parts) for kv in part)
+    rows = []
+    for t, d, cfg in all_jobs:
+        if (t, d, cfg) in failed:
+            rows.append(dict(T=t, D=d, chunk=cfg.chunk, warps=cfg.state_warps, rows=cfg.state_rows,
+                             stages=cfg.out_stages, segment_chunks=cfg.segment_chunks, error=failed[(t, d, cfg)]))
+            continue
+        times = kernel_times(step_of(t, d, cfg))
+        rows.append(dict(T=t, D=d, chunk=cfg.chunk, warps=cfg.state_warps, rows=cfg.state_rows,
+                         stages=cfg.out_stages, segment_chunks=cfg.segment_chunks, times=times,
+                         total=sum(times.values())))
+        print(rows[-1], flush=True)
+    if args.search != "tiles":
+        lines = ["| T | D | stages | segment chunks | " + " | ".join(TILE_FIELDS) + " | total |",
+                 "|---|---|---|---|" + "---|" * (len(TILE_FIELDS) + 1)]
+        for r in rows:
+            cells = " | ".join(f"{r['times'].get(k, float('nan')):.4f}" for k in TILE_FIELDS) if "times" in r \
+                else "failed |" * len(TILE_FIELDS)
+            lines.append(f"| {r['T']} | {r['D']} | {r['stages']} | {r['segment_chunks']} | {cells} | "
+                         f"{r.get('total', float('nan')):.4f} |")
+        return write(args, "\n".join(lines), rows, [], failed)
+    lines = ["| T | D | chunk | kernel | best (rows, warps) | ms | rows 32, warps 8 ms |",
+             "|---|---|---|---|---|---|---|"]
+    best_out = []
+    for (t, d), chunk in itertools.product(SHAPES, (64, 128)):
+        ok = [r for r in rows if r["T"] == t and r["D"] == d and r["chunk"] == chunk and "times" in r]
+        if not ok:
+            continue
+        total = 0.0
+        for kernel in TILE_FIELDS:
+            have = [r for r in ok if kernel in r["times"]]
+            best = min(have, key=lambda r: r["times"][kernel])
+            ref = [r for r in have if r["rows"] == 32 and r["warps"] == 8]
+            total += best["times"][kernel]
+            best_out.append(dict(T=t, D=d, chunk=chunk, kernel=kernel, rows=best["rows"], warps=best["warps"],
+                                 ms=best["times"][kernel]))
+            lines.append(f"| {t} | {d} | {chunk} | {kernel} | {best['rows']}, {best['warps']} | "
+                         f"{best['times'][kernel]:.4f} | {ref[0]['times'][kernel] if ref else float('nan'):.4f} |")
+        lines.append(f"| {t} | {d} | {chunk} | **sum of minima** | | {total:.4f} | |")
+    return write(args, "\n".join(lines), rows, best_out, failed)
+
+
+def write(args, text, rows, best_out, failed):
+    print(text)
+    if failed:
+        print("\nfailed:\n" + "\n".join(f"- T={t} D={d} {cfg}: {why}" for (t, d, cfg), why in failed.items()))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "tune.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(args.out, "tune.json"), "w") as f:
+        json.dump(dict(rows=rows, best=best_out, failed=[str(k) + " " + v for k, v in failed.items()]), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Offline compilation of a Triton kernel for a CUDA target (no GPU needed): registers, spills, shared memory and
+SASS, read from the cubin with the cuobjdump that ships with Triton. The per-op reports
+(`python -m based_kernels.linear_attention.compile_report`, `... .short_conv.compile_report`) build the signatures.
+"""
+
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def compile_resources(kernel, signature: dict, constexprs: dict, attrs: dict, num_warps: int, num_stages: int,
+                      arch: int, with_sass: bool = False) -> dict:
+    """regs, stack (bytes; > 0 means spills), shared (bytes) and, with_sass, the SASS text of one compilation."""
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs),
+                              target=GPUTarget("cuda", arch, 32),
+                              options=dict(num_warps=num_warps, num_stages=num_stages))
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        usage = _cuobjdump("-res-usage", cubin.name)
+        sass = _cuobjdump("-sass", cubin.name) if with_sass else None
+    match = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    return dict(regs=int(match[1]), stack=int(match[2]), shared=compiled.metadata.shared, sass=sass)
+
+
+def _cuobjdump(flag: str, path: str) -> str:
+    return subprocess.run([CUOBJDUMP, flag, path], capture_output=True, text=True, check=True).stdout
