@@ -2,6 +2,7 @@
 session for in-process tests, and the sample corpus built once."""
 
 import os
+import signal
 
 import pytest
 
@@ -38,3 +39,12 @@ def sample_dataset(tmp_path_factory):
     from based_megatron.data.sample_corpus import ensure_sample_dataset
 
     return ensure_sample_dataset(str(tmp_path_factory.mktemp("sample_data")))
+
+
+@pytest.fixture
+def restore_signals():
+    """The trainer installs SIGTERM/SIGINT handlers (save and stop); put the test process's back afterwards."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)

@@ -2,7 +2,6 @@
 inputs give clear messages."""
 
 import os
-import signal
 
 import pytest
 import torch
@@ -12,14 +11,6 @@ from based_megatron.training.arguments import parse_args
 from based_megatron.training.ds_config import build_deepspeed_config
 from based_megatron.training.errors import TrainingError
 from based_megatron.training.pretrain import EXIT_NONFINITE, EXIT_OK, Trainer
-
-
-@pytest.fixture
-def restore_signals():
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def make_trainer(sample_dataset, tmp_path, *extra):

@@ -3,7 +3,6 @@ of a 1-rank run with the same global batch (fp32, rel 1e-5); their checkpoints m
 1-rank weights, a TP change is refused with a clear message, and --load-weights-only / imported weights reshard."""
 
 import os
-import signal
 
 import pytest
 import torch
@@ -74,14 +73,6 @@ def test_checkpoints_merge_to_the_one_rank_weights(runs, layout):
     assert "embedding.word_embeddings.weight" in merged and "decoder.layers.0.self_attention.conv_weight" in merged
     for name, tensor in reference.items():
         torch.testing.assert_close(merged[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
-
-
-@pytest.fixture
-def restore_signals():
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def _trainer(sample_dataset, out, *extra):
