@@ -25,14 +25,18 @@ for section in "$@"; do
     kernels-profile)   # where the time goes: per-kernel breakdown and the tile sweep
       timeout 300 python3 bench/kernels.py --out "$OUT/profile" --skip correctness,la,decode,conv,swa 2>&1 \
         | tail -n 200 > "$OUT/kernels_profile.log" ;;
+    kernels-breakdown) # per-kernel CUDA times, host issue time and CUDA-graph replay of one fused call
+      timeout 200 python3 bench/kernels.py --out "$OUT/breakdown" --skip correctness,la,sweep,decode,conv,swa \
+        > "$OUT/kernels_breakdown.log" 2>&1 ;;
     kernels-la)        # correctness at full shapes + linear attention speed and per-kernel breakdown
       timeout 300 python3 bench/kernels.py --out "$OUT/la" --skip sweep,decode,conv,swa 2>&1 | tail -n 200 \
         > "$OUT/kernels_la.log" ;;
     tune|tune-stages)  # linear attention launch-configuration search (tile shapes; or stages and segments)
-      timeout 420 python3 bench/tune_linear_attention.py --out "$OUT/$section" --jobs 12 \
-        --search "$([ "$section" = tune ] && echo tiles || echo stages)" > "$OUT/$section.log" 2>&1 ;;
+      search=${section#tune-}; [ "$section" = tune ] && search=tiles
+      timeout 420 python3 bench/tune_linear_attention.py --out "$OUT/$section" --jobs 12 --search "$search" \
+        > "$OUT/$section.log" 2>&1 ;;
     tune-conv)         # short conv backward tile variants (fwd+bwd time, % of bandwidth, error vs fp64)
-      timeout 200 python3 bench/tune_short_conv.py > "$OUT/tune_conv.log" 2>&1 ;;
+      timeout 400 python3 bench/tune_short_conv.py > "$OUT/tune_conv.log" 2>&1 ;;
     ncu)               # hardware counters of each linear-attention kernel, T = 2048 and 16384, D = 64
       for t in 2048 16384; do
         timeout 120 ncu --clock-control none --target-processes all -k 'regex:_chunk_state|_fwd_output|_bwd_' \

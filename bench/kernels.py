@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import sys
+import time
 import traceback
 
 import torch
@@ -242,11 +243,12 @@ def la_speed():
     except Exception as exc:                                                   # fla not carried: say so, go on
         emit(f"fla not importable ({exc!r}): its columns are empty")
         fused_chunk_based = parallel_based = None
-    emit("times in ms, fwd+bwd (fwd); floor = max(bytes / bandwidth, FLOPs / matmul rate)")
+    emit("times in ms, fwd+bwd (fwd); floor = max(bytes / bandwidth, FLOPs / matmul rate); ours as a CUDA graph: "
+         "the same fwd+bwd call captured and replayed (kernels only, no host work between them)")
     emit("")
-    emit("| T | B | ours D=64 | floor D=64 | ours D=112 | fla parallel_based | fla fused_chunk_based | "
-         "SDPA causal (flash, 64) | vs SDPA | vs parallel_based |")
-    emit("|---|---|---|---|---|---|---|---|---|---|")
+    emit("| T | B | ours D=64 | ours D=64 as a CUDA graph | floor D=64 | ours D=112 | fla parallel_based | "
+         "fla fused_chunk_based | SDPA causal (flash, 64) | vs SDPA | vs parallel_based |")
+    emit("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for t in (1024, 2048, 4096, 8192, 16384):
         b = TOKENS // t
@@ -255,6 +257,7 @@ def la_speed():
         fused = lambda q_, k_, v_: linear_attention_fused(q_, k_, v_)          # noqa: E731
         row["ours_fwd"] = ms(lambda: fused(q, k, v))
         row["ours_fb"] = ms(fwd_bwd(fused, (q, k, v)))
+        row["ours_fb_graph"] = graph_replay_ms(fwd_bwd(fused, (q, k, v)))
         nb, fl = la_floor(TOKENS, 64, False)
         row["floor_fwd"] = floor_ms(nb, fl)
         nb, fl = la_floor(TOKENS, 64, True)
@@ -274,7 +277,8 @@ def la_speed():
         row["sdpa_fwd"] = ms(lambda: sdpa(qs, ks, vs))
         row["sdpa_fb"] = ms(fwd_bwd(sdpa, (qs, ks, vs)))
         rows.append(row)
-        emit(f"| {t} | {b} | {row['ours_fb']:.3f} ({row['ours_fwd']:.3f}) | {row['floor_fb']:.3f} "
+        emit(f"| {t} | {b} | {row['ours_fb']:.3f} ({row['ours_fwd']:.3f}) | {row['ours_fb_graph']:.3f} | "
+             f"{row['floor_fb']:.3f} "
              f"({row['floor_fwd']:.3f}) | {row['ours112_fb']:.3f} ({row['ours112_fwd']:.3f}) | "
              f"{row['parallel_fb']:.2f} ({row['parallel_fwd']:.2f}) | {row['chunk_fb']:.2f} ({row['chunk_fwd']:.2f}) | "
              f"{row['sdpa_fb']:.2f} ({row['sdpa_fwd']:.2f}) | {row['sdpa_fb'] / row['ours_fb']:.1f}x | "
@@ -311,7 +315,9 @@ def la_sweep():
 
 @section("Linear attention and short conv: time per kernel (torch.profiler, bf16, B*T = 32768, 16 heads)")
 def kernel_breakdown():
-    """Where the fwd+bwd time goes: CUDA time of every kernel launched by one fused call, averaged over 20 calls."""
+    """Where the fwd+bwd time goes: CUDA time of every kernel launched by one fused call, averaged over 20 calls;
+    then the host side of the same calls (measured first: a finished profiler session can leave CUPTI callbacks
+    that slow every later launch)."""
     from torch.profiler import ProfilerActivity, profile
 
     cases = [(f"linear attention T={t} D={d}", lambda t=t, d=d: fwd_bwd(linear_attention_fused,
@@ -324,11 +330,12 @@ def kernel_breakdown():
     bias = torch.randn(2048, device=DEV, dtype=torch.bfloat16, requires_grad=True)
     cases.append(("short conv T=2048 C=2048 K=3", lambda: fwd_bwd(lambda *x: short_conv_gate_fused(*x),
                                                                          (u, g, w, bias))))
+    steps = {name: make() for name, make in cases}
+    host = {name: host_and_graph_times(step) for name, step in steps.items()}
     emit("| case | kernel | calls per step | ms per step |")
     emit("|---|---|---|---|")
     out = []
-    for name, make in cases:
-        step = make()
+    for name, step in steps.items():
         for _ in range(5):
             step()
         torch.cuda.synchronize()
@@ -344,7 +351,79 @@ def kernel_breakdown():
             out.append(dict(case=name, kernel=e.key, calls=e.count / 20, ms=per_step))
             emit(f"| {name} | {e.key[:60]} | {e.count / 20:g} | {per_step:.4f} |")
         emit(f"| {name} | **sum** | | {total:.4f} |")
+        out.append(dict(case=name, kernel="(sum)", ms=total, **host[name]))
+    emit("")
+    emit("Kernel sums against whole calls: the host's time to issue one call (CPU time of the Python side, the GPU "
+         "not waited for) and the part of it spent in Triton's launcher (kernel[grid](...)), the call timed as in "
+         "the tables above, and the same call replayed as a CUDA graph (no host work between kernels):")
+    emit("")
+    emit("| case | kernels (sum) ms | host issue ms | of which Triton launches ms | call ms | CUDA graph ms |")
+    emit("|---|---|---|---|---|---|")
+    for row in (r for r in out if r["kernel"] == "(sum)"):
+        emit(f"| {row['case']} | {row['ms']:.4f} | {row['host_ms']:.4f} | {row['launch_ms']:.4f} | "
+             f"{row['call_ms']:.4f} | {row['graph_ms']:.4f} |")
     RESULTS["kernel_breakdown"] = out
+
+
+def host_and_graph_times(step, calls=20):
+    """CPU time to issue one call (GPU idle at the start, not synchronised inside) and the part of it inside
+    Triton's launcher, the call's time, and the time of its CUDA graph replay (nan if it cannot be captured)."""
+    step()
+    torch.cuda.synchronize()
+    with timed_triton_launches() as launch_seconds:
+        start = time.perf_counter()
+        for _ in range(calls):
+            step()
+        host_ms = (time.perf_counter() - start) / calls * 1e3
+    torch.cuda.synchronize()
+    return dict(host_ms=host_ms, launch_ms=launch_seconds[0] / calls * 1e3, call_ms=ms(step),
+                graph_ms=graph_replay_ms(step))
+
+
+def graph_replay_ms(step):
+    """Time of `step` captured once as a CUDA graph and replayed: its kernels without the host's work between them
+    (nan, with a note, if it cannot be captured)."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        return ms(graph.replay)
+    except Exception as exc:                                        # capture unsupported: say so, go on
+        emit(f"(CUDA graph capture failed: {type(exc).__name__}: {str(exc)[:100]})")
+        return float("nan")
+
+
+class timed_triton_launches:
+    """Context manager: every `kernel[grid](...)` of a triton.JITFunction adds its wall time to the yielded
+    one-element list (Triton's Python dispatcher, argument binding and the driver launch call)."""
+
+    def __enter__(self):
+        self.seconds = [0.0]
+        self.original = triton.runtime.jit.JITFunction.__getitem__
+        seconds, original = self.seconds, self.original
+
+        def timed_getitem(kernel, grid):
+            launch = original(kernel, grid)
+
+            def timed(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return launch(*args, **kwargs)
+                finally:
+                    seconds[0] += time.perf_counter() - start
+            return timed
+
+        triton.runtime.jit.JITFunction.__getitem__ = timed_getitem
+        return self.seconds
+
+    def __exit__(self, *exc):
+        del triton.runtime.jit.JITFunction.__getitem__          # back to the inherited KernelInterface.__getitem__
 
 
 # --------------------------------------------------------------------------------------------------- decode step
@@ -383,8 +462,11 @@ def decode_speed():
 # ---------------------------------------------------------------------------------------------------- short conv
 @section("Short conv + SiLU + gate (B*T = 32768, C = 2048 and 3584, K = 3, bf16)")
 def conv_speed():
-    emit("| C | pass | ours ms | eager reference ms | floor ms | % of measured bandwidth |")
-    emit("|---|---|---|---|---|---|")
+    emit("ours as a CUDA graph: the same call captured and replayed (kernels only, no host work between them)")
+    emit("")
+    emit("| C | pass | ours ms | ours as a CUDA graph ms | eager reference ms | floor ms | % of measured bandwidth "
+         "(call / graph) |")
+    emit("|---|---|---|---|---|---|---|")
     out = []
     for c in (2048, 3584):
         b, t = 16, 2048
@@ -397,10 +479,11 @@ def conv_speed():
                  lambda: short_conv_gate_reference(u, g, w, bias)),
                 ("fwd+bwd", 8 * elem, fwd_bwd(lambda *x: short_conv_gate_fused(*x), (u, g, w, bias)),
                  fwd_bwd(lambda *x: short_conv_gate_reference(*x), (u, g, w, bias)))):
-            t_ours, t_ref = ms(ours), ms(ref)
+            t_ours, t_graph, t_ref = ms(ours), graph_replay_ms(ours), ms(ref)
             fl = floor_ms(nbytes)
-            out.append(dict(C=c, pass_=name, ms=t_ours, ref_ms=t_ref, floor_ms=fl))
-            emit(f"| {c} | {name} | {t_ours:.3f} | {t_ref:.3f} | {fl:.3f} | {100 * fl / t_ours:.0f}% |")
+            out.append(dict(C=c, pass_=name, ms=t_ours, graph_ms=t_graph, ref_ms=t_ref, floor_ms=fl))
+            emit(f"| {c} | {name} | {t_ours:.3f} | {t_graph:.3f} | {t_ref:.3f} | {fl:.3f} | "
+                 f"{100 * fl / t_ours:.0f}% / {100 * fl / t_graph:.0f}% |")
     RESULTS["short_conv"] = out
 
 

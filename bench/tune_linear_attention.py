@@ -4,11 +4,12 @@
 
 For every candidate LaunchConfig (--search tiles: chunk 64 / 128 x warps 2 / 4 / 8 x state-row tiles 16 / 32 / 64,
 the same choice given to every kernel; --search stages: pipeline stages 1-4 around the defaults and, at T = 16384,
-the scan's segment length) and shape (T = 2048 at D = 64 and 112, T = 16384 at D = 64; B*T = 32768, 16 heads, bf16),
-one fwd+bwd step runs under torch.profiler and the CUDA time of each kernel is recorded. The kernels do not share
-tiles, so the best configuration of each kernel can be combined: the script prints, per chunk size and shape, every
-kernel's fastest tile choice and the sum of those minima. Compilation of all candidates first runs in --jobs
-parallel processes (Triton's on-disk cache), then one process measures. Writes DIR/tune.md and DIR/tune.json.
+the scan's segment length) and shape (T = 2048 at D = 64 and 112, T = 16384 at D = 64; B*T = 32768, 16 heads,
+bf16), one fwd+bwd step runs under torch.profiler and the CUDA time of each kernel is recorded, and the step's
+gradients are compared with those of the shape's first candidate. The kernels do not share tiles, so the best
+configuration of each kernel can be combined: the script prints, per chunk size and shape, every kernel's fastest
+tile choice and the sum of those minima. Compilation of all candidates first runs in --jobs parallel processes
+(Triton's on-disk cache), then one process measures. Writes DIR/tune.md and DIR/tune.json.
 """
 
 import argparse
@@ -52,13 +53,27 @@ def stage_and_segment_candidates(t, d):
 SEARCHES = {"tiles": tile_candidates, "stages": stage_and_segment_candidates}
 
 
+def changed_fields(cfg):
+    """The fields of cfg that differ from the default launch configuration, as 'name=value, ...'."""
+    base = LaunchConfig()
+    return ", ".join(f"{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)
+                     if getattr(cfg, f.name) != getattr(base, f.name)) or "default"
+
+
 def jobs(search):
     return [(t, d, cfg) for t, d in SHAPES for cfg in SEARCHES[search](t, d)]
 
 
 def step_of(t, d, cfg):
+    """One fwd+bwd call returning (dq, dk, dv); the same inputs and output gradient for every configuration."""
+    torch.manual_seed(0)
     fn = lambda q, k, v: linear_attention_fused(q, k, v, config=cfg)     # noqa: E731
     return fwd_bwd(fn, la_inputs(TOKENS // t, t, HEADS, d, torch.bfloat16))
+
+
+def relative_difference(grads, reference):
+    """max over dq, dk, dv of |a - b| / |b| (Frobenius norms), against the shape's first configuration."""
+    return max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(grads, reference))
 
 
 def compile_some(part):
@@ -96,25 +111,28 @@ def main():
     parts = [all_jobs[i::args.jobs] for i in range(args.jobs)]
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         failed = dict(kv for part in pool.map(compile_some, parts) for kv in part)
-    rows = []
+    rows, reference_grads = [], {}
     for t, d, cfg in all_jobs:
         if (t, d, cfg) in failed:
             rows.append(dict(T=t, D=d, chunk=cfg.chunk, warps=cfg.state_warps, rows=cfg.state_rows,
-                             stages=cfg.out_stages, segment_chunks=cfg.segment_chunks, error=failed[(t, d, cfg)]))
+                             config=changed_fields(cfg), error=failed[(t, d, cfg)]))
             continue
-        times = kernel_times(step_of(t, d, cfg))
+        step = step_of(t, d, cfg)
+        times = kernel_times(step)
+        grads = step()
+        first = reference_grads.setdefault((t, d), grads)
         rows.append(dict(T=t, D=d, chunk=cfg.chunk, warps=cfg.state_warps, rows=cfg.state_rows,
-                         stages=cfg.out_stages, segment_chunks=cfg.segment_chunks, times=times,
-                         total=sum(times.values())))
+                         config=changed_fields(cfg), times=times, total=sum(times.values()),
+                         diff_vs_first=relative_difference(grads, first)))
         print(rows[-1], flush=True)
     if args.search != "tiles":
-        lines = ["| T | D | stages | segment chunks | " + " | ".join(TILE_FIELDS) + " | total |",
-                 "|---|---|---|---|" + "---|" * (len(TILE_FIELDS) + 1)]
+        lines = ["| T | D | launch configuration (vs LaunchConfig()) | " + " | ".join(TILE_FIELDS)
+                 + " | total | grads vs first row |", "|---|---|---|" + "---|" * (len(TILE_FIELDS) + 2)]
         for r in rows:
             cells = " | ".join(f"{r['times'].get(k, float('nan')):.4f}" for k in TILE_FIELDS) if "times" in r \
                 else "failed |" * len(TILE_FIELDS)
-            lines.append(f"| {r['T']} | {r['D']} | {r['stages']} | {r['segment_chunks']} | {cells} | "
-                         f"{r.get('total', float('nan')):.4f} |")
+            lines.append(f"| {r['T']} | {r['D']} | {r['config']} | {cells} | {r.get('total', float('nan')):.4f} | "
+                         f"{r.get('diff_vs_first', float('nan')):.1e} |")
         return write(args, "\n".join(lines), rows, [], failed)
     lines = ["| T | D | chunk | kernel | best (rows, warps) | ms | rows 32, warps 8 ms |",
              "|---|---|---|---|---|---|---|"]

@@ -1,10 +1,10 @@
 """Autograd function and launchers of the fused chunked Taylor linear attention (kernels in triton_kernels.py)."""
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import triton
 import triton.language as tl
 
 from .triton_kernels import (_bwd_delta_kernel, _bwd_dqdk_kernel, _bwd_dv_kernel, _chunk_state_kernel,
@@ -41,7 +41,19 @@ class LaunchConfig:
 
 SCAN_PROGRAMS_PER_SM = 4      # a scan segment per program ... until this many programs per multiprocessor
 
+# Host side: a fused call issues 6-7 kernels, so its Python work is kept small (the launch plan of a shape is cached;
+# bench/kernels.py's breakdown reports the host time per call next to the kernels' time).
 
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+@functools.lru_cache
 def _dot_types(dtype: torch.dtype) -> dict:
     """Operand dtypes and input precisions of the kernels' matrix products for inputs of ``dtype``.
 
@@ -58,6 +70,7 @@ def _dot_types(dtype: torch.dtype) -> dict:
     raise TypeError(f"linear_attention: fused kernels take float32, float16 or bfloat16 inputs, got {dtype}")
 
 
+@functools.lru_cache
 def _feature_constants(f: int) -> dict:
     return dict(F=f, M=COMPACT_FEATURES, PHI1_SCALE=f ** -0.25, PHI2_SCALE=(2 * f) ** -0.5)
 
@@ -111,15 +124,17 @@ def invisible_part(x: torch.Tensor) -> torch.Tensor:
     return x.float() - to_public(to_compact(x))
 
 
+@functools.lru_cache
 def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
+@functools.lru_cache
 def launch_config(head_dim: int, device: torch.device, chunk: int = 64, block_d: Optional[int] = None,
                   num_warps: Optional[int] = None) -> LaunchConfig:
     """Default tiles. Off CUDA (Triton's interpreter) every kernel takes 64-row tiles: registers do not matter
     there, and fewer, larger tiles interpret faster."""
-    block_d = block_d or min(64, max(16, triton.next_power_of_2(head_dim)))
+    block_d = block_d or min(64, max(16, _next_power_of_2(head_dim)))
     if device.type != "cuda":
         return LaunchConfig(chunk=chunk, block_d=block_d, state_d=block_d, grad_rows=64, dv_rows=64)
     tuned = dict(state_warps=2, state_stages=2) if head_dim > 64 else {}   # measured: faster scans at D = 112
@@ -146,16 +161,9 @@ def chunk_layout(batch: int, seq_len: int, cu_seqlens: Optional[torch.Tensor], c
     """Fixed-length batches: sequence n's chunk c is row n * NT + c; the scan is cut into segments until it has
     SCAN_PROGRAMS_PER_SM programs per multiprocessor (or into cfg.segment_chunks-chunk segments). Packed documents:
     rows follow the documents (one host sync to count them), one segment per document."""
-    chunk = cfg.chunk
     if cu_seqlens is None:
-        nt = triton.cdiv(seq_len, chunk)
-        seg = cfg.segment_chunks
-        if seg == 0:
-            programs = (triton.cdiv(COMPACT_FEATURES, cfg.state_rows) * triton.cdiv(head_dim, cfg.state_d)
-                        * batch * heads)
-            seg = triton.cdiv(nt, max(1, min(nt, SCAN_PROGRAMS_PER_SM * _multiprocessors(device) // programs)))
-        seg = max(1, min(seg, nt))
-        return ChunkLayout(batch * nt, nt, nt, None, None, triton.cdiv(nt, seg), seg)
+        return _fixed_length_layout(batch, seq_len, cfg, heads, head_dim, device)
+    chunk = cfg.chunk
     n_chunks = (cu_seqlens[1:] - cu_seqlens[:-1] + chunk - 1) // chunk
     offsets = torch.cat([n_chunks.new_zeros(1), n_chunks.cumsum(0)]).to(torch.int32)
     n_rows = int(offsets[-1].item())
@@ -163,6 +171,34 @@ def chunk_layout(batch: int, seq_len: int, cu_seqlens: Optional[torch.Tensor], c
     within = torch.arange(n_rows, device=cu_seqlens.device) - offsets[seq]
     indices = torch.stack([seq, within], 1).to(torch.int32).contiguous()
     return ChunkLayout(n_rows, n_rows, 0, offsets, indices)
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_length_layout(batch: int, seq_len: int, cfg: LaunchConfig, heads: int, head_dim: int,
+                         device: torch.device) -> ChunkLayout:
+    nt = _cdiv(seq_len, cfg.chunk)
+    seg = cfg.segment_chunks
+    if seg == 0:
+        programs = _cdiv(COMPACT_FEATURES, cfg.state_rows) * _cdiv(head_dim, cfg.state_d) * batch * heads
+        seg = _cdiv(nt, max(1, min(nt, SCAN_PROGRAMS_PER_SM * _multiprocessors(device) // programs)))
+    seg = max(1, min(seg, nt))
+    return ChunkLayout(batch * nt, nt, nt, None, None, _cdiv(nt, seg), seg)
+
+
+def _packed_size(head_dim: int) -> int:
+    """Row length of a packed fp32 state, S rows then z, padded to 16 elements (triton_kernels._packed)."""
+    return _cdiv(COMPACT_FEATURES * (head_dim + 1), 16) * 16
+
+
+def _pack(s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """([..., M, D], [..., M]) -> [..., _packed_size(D)] fp32."""
+    flat = torch.cat([s.flatten(-2), z], -1)
+    return torch.nn.functional.pad(flat, (0, _packed_size(s.shape[-1]) - flat.shape[-1]))
+
+
+def _unpack(x: torch.Tensor, head_dim: int) -> tuple:
+    m = COMPACT_FEATURES
+    return x[..., :m * head_dim].unflatten(-1, (m, head_dim)), x[..., m * head_dim:m * (head_dim + 1)]
 
 
 def _state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -173,11 +209,11 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
 @dataclass
 class ScanResult:
     """Per-chunk states from the scan, relative to their segment (h [rows, H, M, D], hz [rows, H, M]); the
-    segments' starting states (prefix: ([N, NSEG, H, M, D], [N, NSEG, H, M]) fp32, None when all are zero) and
-    the state at the scan's end (end: [N, H, M, D], [N, H, M] fp32, only when asked for)."""
+    segments' starting states (prefix: packed, [N, NSEG, H, _packed_size(D)] fp32; None when all are zero) and the
+    state at the scan's end (end: ([N, H, M, D], [N, H, M]) fp32, only when asked for)."""
     h: torch.Tensor
     hz: torch.Tensor
-    prefix: Optional[tuple]
+    prefix: Optional[torch.Tensor]
     end: Optional[tuple]
 
 
@@ -188,40 +224,43 @@ def _scan(x, y, den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, n_se
     reverse  P_s = dS_T + sum_{s' > s} total_s', end = P_0 + total_0          (boundary: the final state's grad)
 
     Forward (reverse=False): x = k, y = v, h = state before each chunk. Backward: x = q, y = do (scaled by
-    1 / (den + eps) in the kernel), weight r, h = gradient state after each chunk.
+    1 / (den + eps) in the kernel), weight r, h = gradient state after each chunk. S and z travel packed in one
+    fp32 tensor (_pack) so that each step of the combination is one torch op.
     """
     B, T, H, F = x.shape
     D = y.shape[-1]
     nseg = layout.segments
     h = x.new_empty(layout.n_rows, H, COMPACT_FEATURES, D, dtype=_state_dtype(x.dtype))
     hz = x.new_empty(layout.n_rows, H, COMPACT_FEATURES, dtype=torch.float32)
-    totals = None
+    ends = None
     if nseg > 1 or want_end:
-        totals = (x.new_empty(n_seq, nseg, H, COMPACT_FEATURES, D, dtype=torch.float32),
-                  x.new_empty(n_seq, nseg, H, COMPACT_FEATURES, dtype=torch.float32))
+        ends = x.new_empty(n_seq, nseg, H, _packed_size(D), dtype=torch.float32)
     types = _dot_types(x.dtype)
-    grid = (triton.cdiv(COMPACT_FEATURES, cfg.state_rows), triton.cdiv(D, cfg.state_d), n_seq * H * nseg)
+    grid = (_cdiv(COMPACT_FEATURES, cfg.state_rows), _cdiv(D, cfg.state_d), n_seq * H * nseg)
     _chunk_state_kernel[grid](
-        x, y, *_or_dummy((den, r) if reverse else None, x), h, hz, *_or_dummy(totals, x),
-        cu_seqlens, layout.offsets, *x.stride(), *y.stride(), T, H, layout.chunks_per_seq, nseg,
-        layout.segment_chunks, eps, D=D, **_feature_constants(F), C=cfg.chunk, BR=cfg.state_rows, BD=cfg.state_d,
-        IS_VARLEN=cu_seqlens is not None, REVERSE=reverse, STORE_END=totals is not None,
+        x, y, _or_dummy(den, x), _or_dummy(r, x), h, hz, _or_dummy(ends, x), cu_seqlens, layout.offsets,
+        *x.stride(), *y.stride(), T, H, layout.chunks_per_seq, nseg, layout.segment_chunks, eps, D=D,
+        **_feature_constants(F), C=cfg.chunk, BR=cfg.state_rows, BD=cfg.state_d, IS_VARLEN=cu_seqlens is not None,
+        REVERSE=reverse, STORE_END=ends is not None,
         PREC=types["PREC"], STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"],
         num_warps=cfg.state_warps, num_stages=cfg.state_stages)
-    if totals is None:              # one segment, no end state wanted: the boundary (if any) is the only prefix
-        return ScanResult(h, hz, None if boundary is None else tuple(b.unsqueeze(1) for b in boundary), None)
-    prefix = tuple(_exclusive_cumsum(t, reverse) for t in totals)
-    if boundary is not None:
-        prefix = tuple(p + b.unsqueeze(1) for p, b in zip(prefix, boundary))
-    last = 0 if reverse else nseg - 1
-    end = tuple(p[:, last] + t[:, last] for p, t in zip(prefix, totals)) if want_end else None
-    return ScanResult(h, hz, prefix if nseg > 1 or boundary is not None else None, end)
+    start = None if boundary is None else _pack(*boundary).unsqueeze(1)
+    if ends is None:                # one segment, no end state wanted: the boundary (if any) is the only prefix
+        return ScanResult(h, hz, start, None)
+    prefix = _exclusive_cumsum(ends, reverse)
+    if start is not None:
+        prefix += start
+    end = None
+    if want_end:
+        last = 0 if reverse else nseg - 1
+        end = _unpack(prefix[:, last] + ends[:, last], D)
+    return ScanResult(h, hz, prefix if nseg > 1 or start is not None else None, end)
 
 
 def _exclusive_cumsum(x: torch.Tensor, reverse: bool) -> torch.Tensor:
     """sum over the earlier segments (dim 1); reverse: over the later ones."""
     if reverse:
-        return x.flip(1).cumsum(1).flip(1) - x
+        return x.sum(1, keepdim=True) - x.cumsum(1)
     return x.cumsum(1) - x
 
 
@@ -241,18 +280,17 @@ class LinearAttentionFunction(torch.autograd.Function):
         o = torch.empty_like(v)
         den = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
         types = _dot_types(q.dtype)
-        grid = (layout.grid_chunks, triton.cdiv(D, cfg.block_d), B * H)
+        grid = (layout.grid_chunks, _cdiv(D, cfg.block_d), B * H)
         _fwd_output_kernel[grid](
-            q, k, v, o, den, scan.h, scan.hz, *_or_dummy(scan.prefix, q), cu_seqlens, layout.indices,
+            q, k, v, o, den, scan.h, scan.hz, _or_dummy(scan.prefix, q), cu_seqlens, layout.indices,
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), T, H, layout.chunks_per_seq, layout.segments,
             layout.segment_chunks, eps, D=D, **_feature_constants(F), C=cfg.chunk, BR=cfg.out_rows, BD=cfg.block_d,
             IS_VARLEN=cu_seqlens is not None, HAS_PREFIX=scan.prefix is not None, DOT_DT=types["DOT_DT"],
             STATE_DT=types["STATE_DT"], PREC=types["PREC"], STATE_PREC=types["STATE_PREC"],
             num_warps=cfg.out_warps, num_stages=cfg.out_stages)
 
-        ctx.save_for_backward(q, k, v, o, den, scan.h, scan.hz, *(scan.prefix or ()), cu_seqlens)
+        ctx.save_for_backward(q, k, v, o, den, scan.h, scan.hz, scan.prefix, cu_seqlens)
         ctx.cfg, ctx.layout, ctx.eps, ctx.n_seq, ctx.has_initial = cfg, layout, eps, n_seq, s_init is not None
-        ctx.has_prefix = scan.prefix is not None
         s_out = z_out = None
         if output_final_state:
             s_out, z_out = to_public(scan.end[0]), to_public(scan.end[1])
@@ -262,8 +300,7 @@ class LinearAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, ds_final, dz_final):
-        q, k, v, o, den, h, hz, *rest = ctx.saved_tensors
-        prefix, cu_seqlens = (tuple(rest[:2]), rest[2]) if ctx.has_prefix else (None, rest[0])
+        q, k, v, o, den, h, hz, prefix, cu_seqlens = ctx.saved_tensors
         cfg, layout, eps, n_seq = ctx.cfg, ctx.layout, ctx.eps, ctx.n_seq
         B, T, H, F = q.shape
         D = v.shape[-1]
@@ -274,9 +311,9 @@ class LinearAttentionFunction(torch.autograd.Function):
 
         r = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
         block_t = 32
-        _bwd_delta_kernel[(triton.cdiv(T, block_t), B * H)](
+        _bwd_delta_kernel[(_cdiv(T, block_t), B * H)](
             o, do, den, r, *o.stride(), *do.stride(), T, H, D, eps,
-            BT=block_t, DP=triton.next_power_of_2(D), num_warps=4)
+            BT=block_t, DP=_next_power_of_2(D), num_warps=4)
 
         final_grad = None
         if ds_final is not None or dz_final is not None:
@@ -288,14 +325,14 @@ class LinearAttentionFunction(torch.autograd.Function):
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         nt = layout.chunks_per_seq
         _bwd_dqdk_kernel[(layout.grid_chunks, 1, B * H)](
-            q, k, v, do, den, r, h, hz, *_or_dummy(prefix, q), grad_scan.h, grad_scan.hz,
-            *_or_dummy(grad_scan.prefix, q), dq, dk, cu_seqlens, layout.indices,
+            q, k, v, do, den, r, h, hz, _or_dummy(prefix, q), grad_scan.h, grad_scan.hz,
+            _or_dummy(grad_scan.prefix, q), dq, dk, cu_seqlens, layout.indices,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *dk.stride(), T, H, nt,
-            layout.segments, layout.segment_chunks, eps, D=D, BR=cfg.grad_rows, DP=triton.next_power_of_2(D),
+            layout.segments, layout.segment_chunks, eps, D=D, BR=cfg.grad_rows, DP=_next_power_of_2(D),
             HAS_PREFIX=prefix is not None, HAS_GRAD_PREFIX=grad_scan.prefix is not None,
             SEL_PREC=types["SEL_PREC"], num_warps=cfg.grad_warps, num_stages=cfg.grad_stages, **constants)
-        _bwd_dv_kernel[(layout.grid_chunks, triton.cdiv(D, cfg.block_d), B * H)](
-            q, k, do, den, grad_scan.h, *_or_dummy(grad_scan.prefix, q)[:1], dv, cu_seqlens, layout.indices,
+        _bwd_dv_kernel[(layout.grid_chunks, _cdiv(D, cfg.block_d), B * H)](
+            q, k, do, den, grad_scan.h, _or_dummy(grad_scan.prefix, q), dv, cu_seqlens, layout.indices,
             *q.stride(), *k.stride(), *do.stride(), *dv.stride(), T, H, nt, layout.segments, layout.segment_chunks,
             eps, D=D, BR=cfg.dv_rows, BD=cfg.block_d, HAS_GRAD_PREFIX=grad_scan.prefix is not None,
             num_warps=cfg.dv_warps, num_stages=cfg.dv_stages, **constants)
@@ -309,12 +346,14 @@ class LinearAttentionFunction(torch.autograd.Function):
         return dq, dk, dv, ds_init, dz_init, None, None, None, None
 
 
-def _or_dummy(pair, like: torch.Tensor):
-    """Kernel pointer arguments for an optional pair of tensors (an unused 1-element tensor when absent)."""
-    if pair is None:
-        dummy = like.new_empty(1, dtype=torch.float32)
-        return dummy, dummy
-    return pair
+def _or_dummy(x: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """Kernel pointer argument for an optional tensor (an unused 1-element tensor when absent)."""
+    return _dummy(like.device) if x is None else x
+
+
+@functools.lru_cache
+def _dummy(device: torch.device) -> torch.Tensor:
+    return torch.empty(1, dtype=torch.float32, device=device)
 
 
 def _zeros_if_none(x, shape, like):
@@ -382,5 +421,5 @@ def linear_attention_step_fused(q, k, v, S, z, *, eps: float = 1e-12):
     o = torch.empty_like(v)
     _step_kernel[(b * h,)](
         q, k, v, S, z, o, *q.stride(), *k.stride(), *v.stride(), *S.stride(), *z.stride(), *o.stride(), h, d, eps,
-        F=f, PHI1_SCALE=f ** -0.25, PHI2_SCALE=(2 * f) ** -0.5, BD=triton.next_power_of_2(d), num_warps=4)
+        F=f, PHI1_SCALE=f ** -0.25, PHI2_SCALE=(2 * f) ** -0.5, BD=_next_power_of_2(d), num_warps=4)
     return o

@@ -16,8 +16,9 @@ Two levels, like flash-linear-attention's `chunk` kernels (sequences cut into ch
      (h [chunks, H, M, D] = sum over earlier tokens of phi(k) v^T, hz [chunks, H, M] = sum phi(k)). One program per
      (row block of BR features, value block of BD columns, sequence x head x segment): the live state is one
      [BR, BD] tile. Long sequences are cut into segments of SEG chunks scanned in parallel, each from zero; their
-     end states give, by a cumulative sum on the host side, every segment's starting state P ([N, NSEG, H, M, D]
-     fp32, plus the initial state), which the consumers below add to h as they load it.
+     end states give, by a cumulative sum on the host side, every segment's starting state P (plus the initial
+     state; fp32 [N, NSEG, H, _packed(M, D)]: S rows then z, packed so that one torch op combines both, each row
+     padded to 64 bytes so that tiles load as 16-byte vectors), which the consumers below add to h as they load it.
      The backward runs it in reverse time on (q, g = do / (den + eps), r) for dS, dz at each chunk's END.
   2. Fully parallel kernels per chunk, from those states:
      forward   num_i = sum_{j<=i in chunk} a_ij v_j + phi(q_i) S,  den_i = sum_j a_ij + phi(q_i).z,
@@ -126,32 +127,39 @@ def _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens, IS_VARLEN:
 
 
 @triton.jit
+def _packed(M: tl.constexpr, D: tl.constexpr):
+    """Row length of a packed fp32 state (M*D S entries, then M z entries), rounded up to 16 elements."""
+    return (M * D + M + 15) // 16 * 16
+
+
+@triton.jit
 def _state_tile(h, hp, state_row, prefix_row, rows, row_mask, cols, col_mask, M, D,
                 TRANSPOSED: tl.constexpr, HAS_PREFIX: tl.constexpr):
-    """Rows x cols of a chunk's state h[state_row] plus (HAS_PREFIX) its segment's starting state hp[prefix_row];
-    [rows, cols], or [cols, rows] when TRANSPOSED."""
+    """Rows x cols of a chunk's state h[state_row] plus (HAS_PREFIX) its segment's starting state, the S part of
+    the packed hp[prefix_row]; [rows, cols], or [cols, rows] when TRANSPOSED."""
     if TRANSPOSED:
         tile = _tile(h + state_row * M * D, 1, D, cols, col_mask, rows, row_mask)
         if HAS_PREFIX:
-            tile = tile.to(tl.float32) + _tile(hp + prefix_row * M * D, 1, D, cols, col_mask, rows, row_mask)
+            tile = tile.to(tl.float32) + _tile(hp + prefix_row * _packed(M, D), 1, D, cols, col_mask, rows, row_mask)
     else:
         tile = _tile(h + state_row * M * D, D, 1, rows, row_mask, cols, col_mask)
         if HAS_PREFIX:
-            tile = tile.to(tl.float32) + _tile(hp + prefix_row * M * D, D, 1, rows, row_mask, cols, col_mask)
+            tile = tile.to(tl.float32) + _tile(hp + prefix_row * _packed(M, D), D, 1, rows, row_mask, cols, col_mask)
     return tile
 
 
 @triton.jit
-def _state_norm(hz, hzp, state_row, prefix_row, rows, row_mask, M, HAS_PREFIX: tl.constexpr):
-    """Rows of a chunk's normaliser state hz[state_row] plus (HAS_PREFIX) its segment's start hzp[prefix_row]."""
+def _state_norm(hz, hp, state_row, prefix_row, rows, row_mask, M, D, HAS_PREFIX: tl.constexpr):
+    """Rows of a chunk's normaliser state hz[state_row] plus (HAS_PREFIX) its segment's start, the z part of the
+    packed hp[prefix_row]."""
     z = tl.load(hz + state_row * M + rows, mask=row_mask, other=0.0)
     if HAS_PREFIX:
-        z += tl.load(hzp + prefix_row * M + rows, mask=row_mask, other=0.0)
+        z += tl.load(hp + prefix_row * _packed(M, D) + M * D + rows, mask=row_mask, other=0.0)
     return z
 
 
 @triton.jit
-def _chunk_state_kernel(x, y, den, r, h, hz, h_end, hz_end, cu_seqlens, chunk_offsets,
+def _chunk_state_kernel(x, y, den, r, h, hz, ends, cu_seqlens, chunk_offsets,
                         sxb, sxt, sxh, sxf, syb, syt, syh, syd,
                         T, H, NT, NSEG, SEG, eps, D: tl.constexpr,
                         F: tl.constexpr, M: tl.constexpr, PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr,
@@ -162,8 +170,8 @@ def _chunk_state_kernel(x, y, den, r, h, hz, h_end, hz_end, cu_seqlens, chunk_of
     (REVERSE: the reverse-time state after it, counted from the segment's end).
 
     Forward: x = k, y = v, weight 1 (S = sum phi(k) v^T, z = sum phi(k)). Backward (REVERSE): x = q,
-    y = do / (den + eps), weight r (dS = sum phi(q) g^T, dz = sum phi(q) r). h_end/hz_end ([N, NSEG, H, M, D] /
-    [.., M] fp32) get the segment's total. The value block 0 programs own the normaliser rows.
+    y = do / (den + eps), weight r (dS = sum phi(q) g^T, dz = sum phi(q) r). STORE_END: ends (packed, [N, NSEG,
+    H, _packed(M, D)] fp32) gets the segment's total. The value block 0 programs own the normaliser rows.
     """
     i_r, i_v, i_nhs = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_nh, i_s = i_nhs // NSEG, i_nhs % NSEG
@@ -214,14 +222,14 @@ def _chunk_state_kernel(x, y, den, r, h, hz, h_end, hz_end, cu_seqlens, chunk_of
         b_z += tl.sum(phi * w[None, :], 1)
 
     if STORE_END:
-        end_row = (i_n.to(tl.int64) * NSEG + i_s) * H + i_h
-        tl.store(h_end + end_row * M * D + tile_offs, b_h, mask=tile_mask)
+        end = ends + ((i_n.to(tl.int64) * NSEG + i_s) * H + i_h) * _packed(M, D)
+        tl.store(end + tile_offs, b_h, mask=tile_mask)
         if owns_z:
-            tl.store(hz_end + end_row * M + m, b_z, mask=m_mask)
+            tl.store(end + M * D + m, b_z, mask=m_mask)
 
 
 @triton.jit
-def _fwd_output_kernel(q, k, v, o, den, h, hz, hp, hzp, cu_seqlens, chunk_indices,
+def _fwd_output_kernel(q, k, v, o, den, h, hz, hp, cu_seqlens, chunk_indices,
                        sqb, sqt, sqh, sqf, skb, skt, skh, skf, svb, svt, svh, svd, sob, sot, soh, sod,
                        T, H, NT, NSEG, SEG, eps, D: tl.constexpr,
                        F: tl.constexpr, M: tl.constexpr, PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr,
@@ -256,7 +264,7 @@ def _fwd_output_kernel(q, k, v, o, den, h, hz, hp, hzp, cu_seqlens, chunk_indice
         phi = qa * qb * scale[None, :]                                                     # [C, BR]
         b_h = _state_tile(h, hp, state_row, prefix_row, m, m_mask, cols, col_mask, M, D, False, HAS_PREFIX)
         num = tl.dot(phi.to(STATE_DT), b_h.to(STATE_DT), num, input_precision=STATE_PREC)
-        b_z = _state_norm(hz, hzp, state_row, prefix_row, m, m_mask, M, HAS_PREFIX)
+        b_z = _state_norm(hz, hp, state_row, prefix_row, m, m_mask, M, D, HAS_PREFIX)
         den_c += tl.sum(phi * b_z[None, :], 1)
 
     out = num / (den_c + eps)[:, None]
@@ -284,7 +292,7 @@ def _bwd_delta_kernel(o, do, den, r, sob, sot, soh, sod, sdb, sdt, sdh, sdd, T, 
 
 
 @triton.jit
-def _bwd_dqdk_kernel(q, k, v, do, den, r, h, hz, hp, hzp, dh, dhz, dhp, dhzp, dq, dk, cu_seqlens, chunk_indices,
+def _bwd_dqdk_kernel(q, k, v, do, den, r, h, hz, hp, dh, dhz, dhp, dq, dk, cu_seqlens, chunk_indices,
                      sqb, sqt, sqh, sqf, skb, skt, skh, skf, svb, svt, svh, svd, sdb, sdt, sdh, sdd,
                      sgb, sgt, sgh, sgf, skgb, skgt, skgh, skgf,
                      T, H, NT, NSEG, SEG, eps, D: tl.constexpr,
@@ -330,9 +338,9 @@ def _bwd_dqdk_kernel(q, k, v, do, den, r, h, hz, hp, hzp, dh, dhz, dhp, dhzp, dq
         m_mask = m < M
         h_t = _state_tile(h, hp, state_row, prefix_row, m, m_mask, cols, col_mask, M, D, True, HAS_PREFIX)  # S^T
         dh_t = _state_tile(dh, dhp, state_row, prefix_row, m, m_mask, cols, col_mask, M, D, True, HAS_GRAD_PREFIX)
-        wq = r_c[:, None] * _state_norm(hz, hzp, state_row, prefix_row, m, m_mask, M, HAS_PREFIX)[None, :]
+        wq = r_c[:, None] * _state_norm(hz, hp, state_row, prefix_row, m, m_mask, M, D, HAS_PREFIX)[None, :]
         wq = tl.dot(g.to(STATE_DT), h_t.to(STATE_DT), wq, input_precision=STATE_PREC)          # [C, BR]
-        wk = (_state_norm(dhz, dhzp, state_row, prefix_row, m, m_mask, M, HAS_GRAD_PREFIX)[None, :]
+        wk = (_state_norm(dhz, dhp, state_row, prefix_row, m, m_mask, M, D, HAS_GRAD_PREFIX)[None, :]
               + tl.zeros([C, BR], dtype=tl.float32))
         wk = tl.dot(vc.to(STATE_DT), dh_t.to(STATE_DT), wk, input_precision=STATE_PREC)
         qa, qb, _ = _features(qc, m, F, M, PHI1_SCALE, PHI2_SCALE, PREC)

@@ -5,23 +5,21 @@
 Compiles each kernel through triton.compile for a CUDA target as the JIT would specialise it for contiguous
 [B, T, C] inputs (unit channel strides as constants, other strides and sizes divisible by 16), then reads the cubin
 with the cuobjdump that ships with Triton: registers and stack (stack > 0 means spills) from -res-usage, and the
-SASS instructions of one tile per thread (the loop body of the backward over its tiles), divided by the time steps x
-channels each thread owns.
+SASS instructions of one loop iteration per thread (the backward: `rows` time steps), divided by the time steps x
+channels each thread owns, and the warps per SM that the registers and shared memory leave resident.
 """
 
 import argparse
 import collections
 import re
 
-import triton
-
 from ..compile_report import compile_resources
 from . import triton_kernels as tk
-from .fused import BACKWARD_TILE_VARIANTS, BLOCK_C, BLOCK_T
+from .fused import BACKWARD_VARIANTS, BLOCK_C, BLOCK_T
 
 DTYPES = ("bf16", "fp16", "fp32")
 UNIT_STRIDES = {"suc", "sgc", "sdc", "syc", "swk"}     # channel strides of contiguous tensors and of weight [C, K]
-FP32_POINTERS = {"dwb_part", "scratch"}
+FP32_POINTERS = {"dwb_part"}
 
 
 def _signature(kernel, constexprs: dict, dtype: str):
@@ -38,7 +36,7 @@ def _signature(kernel, constexprs: dict, dtype: str):
             signature[name], attrs[(i,)] = "*" + dtype, [["tt.divisibility", 16]]
         else:
             signature[name] = "i32"
-            if name not in ("ssb", "ssc", "sss", "swc", "n_tiles", "tiles_per_row"):
+            if name not in ("ssb", "ssc", "sss", "swc", "n_segments"):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     return signature, constants, attrs
 
@@ -64,14 +62,21 @@ def _loop_body(sass: str) -> list:
 
 
 def kernel_variants(k: int):
-    """(name, kernel, constexprs, warps, stages, owned time steps x channels per program) of each launch."""
+    """(name, kernel, constexprs, warps, stages, owned time steps x channels per loop iteration) of each launch."""
     yield (f"forward {BLOCK_T}x{BLOCK_C}", tk._fwd_kernel, dict(K=k, HAS_STATE=False, BT=BLOCK_T, BC=BLOCK_C), 4, 3,
            BLOCK_T * BLOCK_C)
-    for name, tiles in BACKWARD_TILE_VARIANTS.items():
-        block_t = max(tiles.block_t, triton.next_power_of_2(2 * k))
-        constexprs = dict(K=k, HAS_STATE=False, BT=block_t, BC=tiles.block_c)
-        yield (f"backward {name}", tk._bwd_kernel, constexprs, tiles.num_warps, 1,
-               (block_t - (k - 1)) * tiles.block_c)
+    for name, launch in BACKWARD_VARIANTS.items():
+        constexprs = dict(K=k, HAS_STATE=False, SEG=launch.segment, ROWS=launch.rows, BC=launch.block_c,
+                          PREFETCH=launch.prefetch)
+        yield f"backward {name}", tk._bwd_kernel, constexprs, launch.num_warps, 1, launch.rows * launch.block_c
+
+
+def resident_warps(regs: int, shared: int, warps: int) -> int:
+    """Warps per SM of sm_90 (64 K registers allocated per warp in units of 256, at most 32 CTAs and 64 warps,
+    228 KB shared memory with 1 KB reserved per CTA)."""
+    warp_regs = -(-regs * 32 // 256) * 256
+    ctas = min(32, 65536 // (warp_regs * warps), 64 // warps, 233472 // (shared + 1024))
+    return ctas * warps
 
 
 def main():
@@ -80,13 +85,15 @@ def main():
     parser.add_argument("--dtype", choices=DTYPES, default="bf16")
     parser.add_argument("--k", type=int, default=3, help="conv width")
     args = parser.parse_args()
-    print(f"| kernel | warps | registers | stack (spills) | shared memory | SASS per owned element (MUFU) |"
-          f"  (sm_{args.arch}, {args.dtype}, K = {args.k}; the backward's loop body is one tile)")
-    print("|---|---|---|---|---|---|")
+    print(f"| kernel | warps | registers | stack (spills) | shared memory | resident warps per SM | "
+          f"SASS per owned element (MUFU) |  (sm_{args.arch}, {args.dtype}, K = {args.k}; the backward's loop body: "
+          f"one iteration of `rows` time steps)")
+    print("|---|---|---|---|---|---|---|")
     for name, kernel, constexprs, warps, stages, owned in kernel_variants(args.k):
         res = resources(kernel, constexprs, warps, args.arch, args.dtype, stages)
         per_thread = owned / (32 * warps)
         print(f"| {name} | {warps} | {res['regs']} | {res['stack']} B | {res['shared']} B | "
+              f"{resident_warps(res['regs'], res['shared'], warps)} | "
               f"{res['instructions'] / per_thread:.0f} ({res['opcodes']['MUFU'] / per_thread:.1f}) |")
 
 

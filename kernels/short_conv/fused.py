@@ -4,7 +4,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import triton
 
 from .naive import short_conv_gate_reference
 from .triton_kernels import _bwd_kernel, _fwd_kernel, _step_kernel
@@ -14,28 +13,40 @@ BLOCK_C = 128
 
 
 @dataclass(frozen=True)
-class BackwardTiles:
-    """Launch of the backward kernel: tiles of block_t time steps (of which block_t - (K-1) are owned, the rest is the
-    halo) x block_c channels on num_warps warps; each program loops over up to tiles_per_program tiles (the scratch
-    slot and the dw/dbias sums are per program). Speed knobs only: results do not depend on them. Compiled for
-    sm_90 (bf16, K = 3; `python -m based_kernels.short_conv.compile_report`), each variant takes 128 registers:
-    32 x 64 x 8 warps: 2 CTAs (16 warps) per SM; 32 x 32 x 4: 4 CTAs (16 warps); 16 x 64 x 4: 4 CTAs, twice the
-    halo share. The default, 32 x 32 x 4, was the fastest at C = 2048 on the H200 (bench/tune_short_conv.py)."""
-    block_t: int = 32
-    block_c: int = 32
-    num_warps: int = 4
-    tiles_per_program: int = 8
+class BackwardLaunch:
+    """Launch of the backward kernel (_bwd_kernel): each program owns `segment` time steps x block_c channels of one
+    batch row on num_warps warps and walks them `rows` steps per loop iteration, the conv's shifts kept in registers;
+    prefetch issues the next iteration's loads before the current one computes. Speed knobs only: results do not
+    depend on them. The default was the fastest of BACKWARD_VARIANTS on the H200 (bench/tune_short_conv.py,
+    bench/notes_kernels.md "Round 4"): 0.181 ms at B*T = 32768, C = 2048, bf16, against 0.40 ms for round 3's tiled
+    kernel. Compiled for sm_90 (bf16, K = 3): about 160 registers, 12 warps per SM, no spills."""
+    segment: int = 128
+    block_c: int = 128
+    num_warps: int = 1
+    rows: int = 4
+    prefetch: bool = True
+
+    def __post_init__(self):
+        if self.segment % self.rows:
+            raise ValueError(f"BackwardLaunch: segment ({self.segment}) must be a multiple of rows ({self.rows})")
 
 
-BACKWARD_TILE_VARIANTS = {
-    "32x64x8": BackwardTiles(block_c=64, num_warps=8),
-    "32x32x4": BackwardTiles(),
-    "16x64x4": BackwardTiles(block_t=16, block_c=64, num_warps=4),
+# The launches bench/tune_short_conv.py times: segment x block_c x warps, rows per iteration, prefetch (pf).
+BACKWARD_VARIANTS = {
+    "128x128x1 r4 pf": BackwardLaunch(),
+    "64x128x1 r4 pf": BackwardLaunch(segment=64),
+    "128x64x1 r4 pf": BackwardLaunch(block_c=64),
+    "128x128x1 r4": BackwardLaunch(prefetch=False),
+    "128x64x1 r8": BackwardLaunch(block_c=64, rows=8, prefetch=False),
 }
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)       # plain Python: triton.cdiv is a constexpr function, slow to call from the host
+
+
 def _grid(b: int, t: int, c: int):
-    return triton.cdiv(max(t, 1), BLOCK_T), triton.cdiv(c, BLOCK_C), b
+    return _cdiv(max(t, 1), BLOCK_T), _cdiv(c, BLOCK_C), b
 
 
 def _state_args(state, like):
@@ -48,7 +59,7 @@ def _state_args(state, like):
 class ShortConvGateFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, u, g, weight, bias, initial_state, tiles):
+    def forward(ctx, u, g, weight, bias, initial_state, launch):
         b, t, c = u.shape
         k = weight.shape[1]
         y = torch.empty_like(g)
@@ -57,36 +68,32 @@ class ShortConvGateFunction(torch.autograd.Function):
             u, g, weight, bias, state, y, *u.stride(), *g.stride(), *y.stride(), *state_strides, *weight.stride(),
             t, c, K=k, HAS_STATE=initial_state is not None, BT=BLOCK_T, BC=BLOCK_C, num_warps=4)
         ctx.save_for_backward(u, g, weight, bias, initial_state)
-        ctx.tiles = tiles
+        ctx.launch = launch
         return y
 
     @staticmethod
     def backward(ctx, dy):
         u, g, weight, bias, initial_state = ctx.saved_tensors
-        du, dg, dw, db = _backward(u, g, weight, bias, initial_state, dy, ctx.tiles)
+        du, dg, dw, db = _backward(u, g, weight, bias, initial_state, dy, ctx.launch)
         d_state = None
         if initial_state is not None and ctx.needs_input_grad[4]:
             d_state = _initial_state_grad(u, g, weight, bias, initial_state, dy)
         return du, dg, dw, db, d_state, None
 
 
-def _backward(u, g, weight, bias, initial_state, dy, tiles: BackwardTiles):
-    """du, dg, dw, dbias from the backward kernel (see _bwd_kernel); dw and dbias add up the programs' sums."""
+def _backward(u, g, weight, bias, initial_state, dy, launch: BackwardLaunch):
+    """du, dg, dw, dbias from _bwd_kernel; dw and dbias add up the segments' sums [B * segments, K + 1, C]."""
     b, t, c = u.shape
     k = weight.shape[1]
-    block_t = max(tiles.block_t, triton.next_power_of_2(2 * k))      # at least as many owned steps as halo steps
-    tiles_per_row = triton.cdiv(max(t, 1), block_t - (k - 1))
-    channel_blocks = triton.cdiv(c, tiles.block_c)
-    programs = triton.cdiv(b * tiles_per_row, tiles.tiles_per_program)
+    segments = _cdiv(max(t, 1), launch.segment)
     du, dg = torch.empty_like(u), torch.empty_like(g)
-    dwb_part = u.new_empty(programs, k + 1, c, dtype=torch.float32)
-    scratch = u.new_empty(channel_blocks * programs, block_t, tiles.block_c, dtype=torch.float32)
+    dwb_part = u.new_empty(b * segments, k + 1, c, dtype=torch.float32)
     state, state_strides = _state_args(initial_state, u)
-    _bwd_kernel[(programs, channel_blocks)](
-        u, g, weight, bias, state, dy, du, dg, dwb_part, scratch,
+    _bwd_kernel[(segments, _cdiv(c, launch.block_c), b)](
+        u, g, weight, bias, state, dy, du, dg, dwb_part,
         *u.stride(), *g.stride(), *dy.stride(), *state_strides, *weight.stride(),
-        t, c, b * tiles_per_row, tiles_per_row, K=k, HAS_STATE=initial_state is not None, BT=block_t,
-        BC=tiles.block_c, num_warps=tiles.num_warps, num_stages=1)
+        t, c, segments, K=k, HAS_STATE=initial_state is not None, SEG=launch.segment, ROWS=launch.rows,
+        BC=launch.block_c, PREFETCH=launch.prefetch, num_warps=launch.num_warps, num_stages=1)
     dwb = dwb_part.sum(0)
     return du, dg, dwb[:k].t().contiguous().to(weight.dtype), dwb[k].to(bias.dtype)
 
@@ -111,11 +118,11 @@ def final_conv_state(u, initial_state, k: int):
 
 
 def short_conv_gate_fused(u, g, weight, bias, *, initial_state=None, output_final_state=False,
-                          backward_tiles: Optional[BackwardTiles] = None):
-    """based_kernels.short_conv_gate on the Triton kernels (same contract; see naive.py). backward_tiles: the
-    backward kernel's tile (a speed knob, see BACKWARD_TILE_VARIANTS); default BackwardTiles()."""
+                          backward_launch: Optional[BackwardLaunch] = None):
+    """based_kernels.short_conv_gate on the Triton kernels (same contract; see naive.py). backward_launch: the
+    backward kernel's launch (a speed knob, see BACKWARD_VARIANTS); default BackwardLaunch()."""
     _check_inputs(u, g, weight, bias, initial_state)
-    y = ShortConvGateFunction.apply(u, g, weight, bias, initial_state, backward_tiles or BackwardTiles())
+    y = ShortConvGateFunction.apply(u, g, weight, bias, initial_state, backward_launch or BackwardLaunch())
     if output_final_state:
         return y, final_conv_state(u, initial_state, weight.shape[1])
     return y
@@ -130,7 +137,7 @@ def short_conv_gate_step_fused(u, g, conv_state, weight, bias):
                          f"u {tuple(u.shape)}, g {tuple(g.shape)}, conv_state {tuple(conv_state.shape)}, "
                          f"weight {tuple(weight.shape)}")
     y = torch.empty_like(g)
-    _step_kernel[(b, triton.cdiv(c, BLOCK_C))](
+    _step_kernel[(b, _cdiv(c, BLOCK_C))](
         u, g, conv_state, weight, bias, y, *u.stride(), *g.stride(), *conv_state.stride(), *weight.stride(),
         *y.stride(), c, K=k, BC=BLOCK_C, num_warps=4)
     return y

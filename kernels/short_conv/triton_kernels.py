@@ -1,12 +1,12 @@
 """Triton kernels of the BaseConv core: y = silu(conv) * g, conv[t] = bias + sum_j w[j] u[t - (K-1) + j].
 
 u, g, y: [B, T, C] with any strides; weight [C, K]; bias [C]; the conv state holds the K-1 inputs before t = 0,
-[B, C, K-1], oldest first. Programs tile (BT time steps) x (BC channels) of one batch row; all math in fp32.
+[B, C, K-1], oldest first. All math in fp32. The forward tiles (BT time steps) x (BC channels) of one batch row.
 Backward, with act = silu(conv) and dconv = dy * g * silu'(conv):
     dg = dy * act,   du[t] = sum_j w[j] dconv[t + (K-1) - j],   dw[j] = sum_t dconv[t] u[t - (K-1) + j],
-    dbias = sum_t dconv[t]. The backward computes dconv once per step (tile + halo), shifts it through a small
-    per-program scratch slot, and sums dw and dbias in registers over each program's tiles; the caller adds the
-    programs' sums.
+    dbias = sum_t dconv[t]. _bwd_kernel computes dconv once per step and walks time one step at a time per thread,
+    keeping the last K-1 steps in registers, so that the shifts by up to K-1 steps cost nothing; it sums dw and
+    dbias in registers per program, and the caller adds the programs' sums.
 """
 
 import triton
@@ -60,62 +60,6 @@ def _fwd_kernel(u, g, weight, bias, state, y,
 
 
 @triton.jit
-def _bwd_kernel(u, g, weight, bias, state, dy, du, dg, dwb_part, scratch,
-                sub, sut, suc, sgb, sgt, sgc, sdb, sdt, sdc, ssb, ssc, sss, swc, swk,
-                T, C, n_tiles, tiles_per_row, K: tl.constexpr, HAS_STATE: tl.constexpr, BT: tl.constexpr,
-                BC: tl.constexpr):
-    """Program (p, i_c) takes channel block i_c and the (batch row, time tile) pairs p, p + P, ... (P programs).
-    A time tile owns its first BT-(K-1) steps; the K-1 after them (the halo) are recomputed so that dconv is known at
-    t + m for every owned t. dconv is computed once per step, written to this program's [BT, BC] fp32 scratch slot
-    and read back shifted by m = 0..K-1 rows, which gives both
-        du[t] += w[K-1-m] dconv[t + m]   and   dw[K-1-m] += u[t] dconv[t + m]   (t owned).
-    dw and dbias are summed elementwise in registers over the program's tiles and reduced once, into
-    dwb_part [P, K + 1, C] fp32: row j < K holds dw[j], row K dbias, of this program's tiles and channels."""
-    p, n_prog, i_c = tl.program_id(0), tl.num_programs(0), tl.program_id(1)
-    OWN: tl.constexpr = BT - (K - 1)
-    steps = tl.arange(0, BT)
-    chans = i_c * BC + tl.arange(0, BC)
-    chan_mask = chans < C
-    bias_c = tl.load(bias + chans, mask=chan_mask, other=0.0).to(tl.float32)
-    w_cols = _weight_columns(weight, chans, chan_mask, swc, swk, K)
-    slot = scratch + (i_c * n_prog + p).to(tl.int64) * BT * BC + tl.arange(0, BC)[None, :]
-    db_acc = tl.zeros([BT, BC], dtype=tl.float32)
-    dw_acc = _zero_tiles(K, BT, BC)                  # dw_acc[j]: elementwise partial sums of dw[j]
-    for tile in range(p, n_tiles, n_prog):
-        i_b = tile // tiles_per_row
-        start = (tile % tiles_per_row) * OWN
-        rows = start + steps
-        in_seq = (rows < T)[:, None] & chan_mask[None, :]
-        own_mask = (steps < OWN)[:, None] & in_seq
-        u_now = tl.load(u + i_b * sub + rows[:, None] * sut + chans[None, :] * suc, mask=in_seq, other=0.0)
-        u_now = u_now.to(tl.float32)
-        dconv = _dconv_and_dg(u, g, state, dy, dg, u_now, w_cols, bias_c, i_b, rows, chans, chan_mask, in_seq,
-                              own_mask, T, sub, sut, suc, sgb, sgt, sgc, sdb, sdt, sdc, ssb, ssc, sss, K, HAS_STATE)
-        tl.debug_barrier()                       # every thread is done reading the previous tile's slot
-        tl.store(slot + steps[:, None] * BC, dconv)
-        tl.debug_barrier()
-        db_acc += tl.where(own_mask, dconv, 0.0)
-        u_own = tl.where(own_mask, u_now, 0.0)
-        du_acc = tl.zeros([BT, BC], dtype=tl.float32)
-        updated = ()
-        for m in tl.static_range(K):
-            ahead = tl.load(slot + (steps[:, None] + m) * BC, mask=(steps < BT - m)[:, None], other=0.0)
-            du_acc += ahead * w_cols[K - 1 - m][None, :]
-            update = u_own * ahead
-            if HAS_STATE:
-                update += _state_dw_terms(u, state, slot, i_b, start, steps, chans, chan_mask, T, sub, sut, suc,
-                                          ssb, ssc, sss, m, K, BT, BC)
-            updated = (dw_acc[K - 1 - m] + update,) + updated
-        dw_acc = updated
-        tl.store(du + i_b * sub + rows[:, None] * sut + chans[None, :] * suc, du_acc.to(du.dtype.element_ty),
-                 mask=own_mask)
-    part = dwb_part + p.to(tl.int64) * (K + 1) * C + chans
-    for j in tl.static_range(K):
-        tl.store(part + j * C, tl.sum(dw_acc[j], 0), mask=chan_mask)
-    tl.store(part + K * C, tl.sum(db_acc, 0), mask=chan_mask)
-
-
-@triton.jit
 def _weight_columns(weight, chans, chan_mask, swc, swk, K: tl.constexpr):
     """The K taps of the channels `chans`: a tuple of K fp32 [BC] vectors."""
     taps = ()
@@ -125,40 +69,135 @@ def _weight_columns(weight, chans, chan_mask, swc, swk, K: tl.constexpr):
 
 
 @triton.jit
-def _zero_tiles(K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-    """A tuple of K fp32 [BT, BC] zero tiles."""
-    return (tl.zeros([BT, BC], dtype=tl.float32),) * K
-
-
-@triton.jit
-def _state_dw_terms(u, state, slot, i_b, start, steps, chans, chan_mask, T, sub, sut, suc, ssb, ssc, sss,
-                    m: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-    """The terms of dw[K-1-m] whose input comes from the initial state: x[s] dconv[s + m] for s = -(K-1)..-1,
-    laid on tile rows r = s + K-1 (nonzero only in the first tile of a sequence, whose dconv is in `slot`)."""
-    n_hist = tl.where(start == 0, K - 1, 0)
-    hist = _shifted_input(u, state, i_b, tl.where(steps < n_hist, steps - (K - 1), -K), chans, chan_mask, T,
-                          sub, sut, suc, ssb, ssc, sss, K, True)
-    pair = (steps < n_hist) & (steps >= K - 1 - m)
-    return hist * tl.load(slot + (steps[:, None] + (m - (K - 1))) * BC, mask=pair[:, None], other=0.0)
-
-
-@triton.jit
-def _dconv_and_dg(u, g, state, dy, dg, u_now, w_cols, bias_c, i_b, rows, chans, chan_mask, in_seq, own_mask, T,
-                  sub, sut, suc, sgb, sgt, sgc, sdb, sdt, sdc, ssb, ssc, sss, K: tl.constexpr, HAS_STATE: tl.constexpr):
-    """dconv = dy * g * silu'(conv) at time steps `rows` (0 past the end), fp32; stores dg = dy * silu(conv) on the
-    owned steps. u_now: u at `rows`, fp32; w_cols: the K taps, fp32 [BC] each."""
-    conv = bias_c[None, :] + u_now * w_cols[K - 1][None, :]
+def _bwd_kernel(u, g, weight, bias, state, dy, du, dg, dwb_part,
+                sub, sut, suc, sgb, sgt, sgc, sdb, sdt, sdc, ssb, ssc, sss, swc, swk,
+                T, C, n_segments, K: tl.constexpr, HAS_STATE: tl.constexpr, SEG: tl.constexpr,
+                ROWS: tl.constexpr, BC: tl.constexpr, PREFETCH: tl.constexpr):
+    """Row-streaming backward: program (i_s, i_c, i_b) owns time steps [i_s SEG, (i_s + 1) SEG) x channel block i_c
+    of batch row i_b and walks them one time step at a time, ROWS steps per loop iteration, each step a [BC] vector.
+    The last K-1 inputs u and the last K-1 dconv stay in registers as tuples, so shifting by a time step is a
+    renaming at compile time (no scratch, no barrier, no shuffle):
+        conv[t] = bias + sum_j w[j] u[t-(K-1)+j],   dw[j] += dconv[t] u[t-(K-1)+j],
+        du[t-(K-1)] = sum_m w[K-1-m] dconv[t-(K-1)+m]   (stored K-1 steps behind).
+    The K-1 steps after the segment (the halo) are recomputed for du only; the K-1 inputs before it come from u (or
+    the initial state, which also gives its dw terms). A segment reaching past T stops at the first multiple of ROWS
+    steps at or after T (its halo is then past T: zero). dw and dbias of the segment go to
+    dwb_part [B * n_segments, K + 1, C] fp32 (row j < K: dw[j], row K: dbias).
+    PREFETCH: the loads of the next ROWS steps are issued before the current ones are used (a hand-made double
+    buffer; the last one fetches the halo)."""
+    i_s, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start = i_s * SEG
+    stop = start + tl.minimum(SEG, tl.cdiv(T - start, ROWS) * ROWS)     # steps walked: [start, stop), then the halo
+    end = tl.minimum(T, start + SEG + K - 1)            # steps read: [start - (K-1), end)
+    chans = i_c * BC + tl.arange(0, BC)
+    chan_mask = chans < C
+    w_cols = _weight_columns(weight, chans, chan_mask, swc, swk, K)
+    bias_c = tl.load(bias + chans, mask=chan_mask, other=0.0).to(tl.float32)
+    u_hist = ()                                         # u at t-(K-1) .. t-1
+    d_hist = ()                                         # dconv at t-(K-1) .. t-1 (du of steps before start: unused)
     for j in tl.static_range(K - 1):
-        x = _shifted_input(u, state, i_b, rows + (j - (K - 1)), chans, chan_mask, T, sub, sut, suc, ssb, ssc, sss,
-                           K, HAS_STATE)
-        conv += x * w_cols[j][None, :]
+        u_hist = u_hist + (_input_row(u, state, i_b, start - (K - 1) + j, chans, T, C, sub, sut, suc,
+                                      ssb, ssc, sss, K, HAS_STATE),)
+        d_hist = d_hist + (tl.zeros([BC], dtype=tl.float32),)
+    dw_acc = (tl.zeros([BC], dtype=tl.float32),) * K
+    db_acc = tl.zeros([BC], dtype=tl.float32)
+    if PREFETCH:
+        rows_next = _load_rows(u, g, dy, i_b, start, end, chans, C, sub, sut, suc, sgb, sgt, sgc,
+                               sdb, sdt, sdc, ROWS)
+    for row0 in range(start, stop, ROWS):
+        if PREFETCH:
+            rows_now = rows_next
+            rows_next = _load_rows(u, g, dy, i_b, row0 + ROWS, end, chans, C, sub, sut, suc, sgb, sgt, sgc,
+                                   sdb, sdt, sdc, ROWS)
+        else:
+            rows_now = _load_rows(u, g, dy, i_b, row0, end, chans, C, sub, sut, suc, sgb, sgt, sgc,
+                                  sdb, sdt, sdc, ROWS)
+        for r in tl.static_range(ROWS):
+            t = row0 + r
+            window = u_hist + (rows_now[0][r].to(tl.float32),)
+            dconv, d_gate = _dconv_row(window, rows_now[1][r], rows_now[2][r], w_cols, bias_c, K)
+            tl.store(dg + i_b * sgb + t * sgt + chans * sgc, d_gate.to(dg.dtype.element_ty),
+                     mask=_row_mask(chans, C, t < T))
+            dw_new = ()
+            for j in tl.static_range(K):
+                dw_new = dw_new + (dw_acc[j] + dconv * window[j],)
+            dw_acc = dw_new
+            db_acc += dconv
+            d_hist = _store_du_row(du, d_hist + (dconv,), w_cols, i_b, t - (K - 1), start, T, C, chans,
+                                   sub, sut, suc, K)
+            u_hist = window[1:]
+    if PREFETCH and ROWS >= K - 1:
+        halo = rows_next
+    else:
+        halo = _load_rows(u, g, dy, i_b, stop, end, chans, C, sub, sut, suc, sgb, sgt, sgc, sdb, sdt, sdc, K - 1)
+    for r in tl.static_range(K - 1):
+        t = stop + r
+        window = u_hist + (halo[0][r].to(tl.float32),)
+        dconv, _ = _dconv_row(window, halo[1][r], halo[2][r], w_cols, bias_c, K)
+        d_hist = _store_du_row(du, d_hist + (dconv,), w_cols, i_b, t - (K - 1), start, T, C, chans,
+                               sub, sut, suc, K)
+        u_hist = window[1:]
+    part = dwb_part + (i_b * n_segments + i_s).to(tl.int64) * (K + 1) * C + chans
+    for j in tl.static_range(K):
+        tl.store(part + j * C, dw_acc[j], mask=chan_mask)
+    tl.store(part + K * C, db_acc, mask=chan_mask)
+
+
+@triton.jit
+def _row_mask(chans, C, row_ok):
+    """chans < C where the time step is valid (row_ok, a scalar), else nothing; one compare per element."""
+    return chans < tl.where(row_ok, C, 0)
+
+
+@triton.jit
+def _input_row(u, state, i_b, row, chans, T, C, sub, sut, suc, ssb, ssc, sss, K: tl.constexpr,
+               HAS_STATE: tl.constexpr):
+    """u at time step `row` (may be negative: read from the conv state, or zero without one), fp32 [BC]."""
+    x = tl.load(u + i_b * sub + row * sut + chans * suc, mask=_row_mask(chans, C, (row >= 0) & (row < T)),
+                other=0.0)
+    x = x.to(tl.float32)
+    if HAS_STATE:
+        hist = tl.load(state + i_b * ssb + chans * ssc + (row + K - 1) * sss,
+                       mask=_row_mask(chans, C, (row < 0) & (row + K - 1 >= 0)), other=0.0)
+        x += hist.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _load_rows(u, g, dy, i_b, row0, end, chans, C, sub, sut, suc, sgb, sgt, sgc, sdb, sdt, sdc,
+               ROWS: tl.constexpr):
+    """u, g, dy at time steps row0 .. row0+ROWS-1 as stored (zero from `end` on): three tuples of ROWS [BC]."""
+    u_rows, g_rows, dy_rows = (), (), ()
+    for r in tl.static_range(ROWS):
+        mask = _row_mask(chans, C, row0 + r < end)
+        u_rows = u_rows + (tl.load(u + i_b * sub + (row0 + r) * sut + chans * suc, mask=mask, other=0.0),)
+        g_rows = g_rows + (tl.load(g + i_b * sgb + (row0 + r) * sgt + chans * sgc, mask=mask, other=0.0),)
+        dy_rows = dy_rows + (tl.load(dy + i_b * sdb + (row0 + r) * sdt + chans * sdc, mask=mask, other=0.0),)
+    return u_rows, g_rows, dy_rows
+
+
+@triton.jit
+def _dconv_row(window, gate, grad, w_cols, bias_c, K: tl.constexpr):
+    """(dconv, dg) of one time step, fp32 [BC]: window = the K inputs u[t-(K-1)..t] (fp32), gate and grad as stored."""
+    conv = bias_c
+    for j in tl.static_range(K):
+        conv += window[j] * w_cols[j]
     sig = tl.sigmoid(conv)
-    grad = tl.load(dy + i_b * sdb + rows[:, None] * sdt + chans[None, :] * sdc, mask=in_seq, other=0.0)
     grad = grad.to(tl.float32)
-    tl.store(dg + i_b * sgb + rows[:, None] * sgt + chans[None, :] * sgc,
-             (grad * conv * sig).to(dg.dtype.element_ty), mask=own_mask)
-    gate = tl.load(g + i_b * sgb + rows[:, None] * sgt + chans[None, :] * sgc, mask=in_seq, other=0.0)
-    return grad * gate.to(tl.float32) * sig * (1.0 + conv * (1.0 - sig))
+    dconv = grad * gate.to(tl.float32) * sig * (1.0 + conv * (1.0 - sig))
+    return dconv, grad * conv * sig
+
+
+@triton.jit
+def _store_du_row(du, d_window, w_cols, i_b, row, start, T, C, chans, sub, sut, suc, K: tl.constexpr):
+    """Stores du[row] = sum_m w[K-1-m] dconv[row + m] if start <= row < T (d_window: dconv at row .. row + K-1);
+    returns the last K-1 dconv (the window of the next step)."""
+    du_row = d_window[0] * w_cols[K - 1]
+    for m in tl.static_range(1, K):
+        du_row += d_window[m] * w_cols[K - 1 - m]
+    tl.store(du + i_b * sub + row * sut + chans * suc, du_row.to(du.dtype.element_ty),
+             mask=_row_mask(chans, C, (row >= start) & (row < T)))
+    return d_window[1:]
 
 
 @triton.jit

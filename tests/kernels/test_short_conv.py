@@ -3,9 +3,16 @@
 import pytest
 import torch
 
-from based_kernels.short_conv.fused import (BACKWARD_TILE_VARIANTS, BackwardTiles, short_conv_gate_fused,
+from based_kernels.short_conv.fused import (BACKWARD_VARIANTS, BackwardLaunch, short_conv_gate_fused,
                                            short_conv_gate_step_fused)
 from based_kernels.short_conv.naive import short_conv_gate_reference, short_conv_gate_step_reference
+
+# Backward launches with segments, channel blocks and row blocks small enough that the shapes below span several of
+# each: prefetch (whose last load is the halo), no prefetch, and one row per iteration (< K-1: the halo is loaded on
+# its own).
+SMALL_LAUNCHES = [BackwardLaunch(segment=8, block_c=32, rows=4),
+                  BackwardLaunch(segment=8, block_c=32, rows=2, prefetch=False),
+                  BackwardLaunch(segment=4, block_c=32, rows=1)]
 
 
 def rel_err(a, b):
@@ -34,7 +41,7 @@ def check_against_reference(dtype, b, t, c, k, with_state, **knobs):
             assert got.is_contiguous(), f"{name} is not contiguous"
 
 
-@pytest.mark.parametrize("dtype, b, t, c, k, with_state", [
+SHAPES = [
     (torch.float32, 2, 37, 40, 3, False),       # T and C not multiples of the tiles, several tiles per program
     (torch.float32, 1, 5, 130, 3, True),        # batch 1, short sequence, state in
     (torch.float32, 2, 1, 16, 4, True),         # T < K-1: the final state reaches into the initial one
@@ -42,15 +49,26 @@ def check_against_reference(dtype, b, t, c, k, with_state, **knobs):
     (torch.float32, 2, 45, 24, 4, True),        # state in with several tiles: dw terms from the state
     (torch.float16, 3, 70, 20, 2, True),
     (torch.float16, 2, 33, 136, 3, False),
-])
+]
+
+
+@pytest.mark.parametrize("dtype, b, t, c, k, with_state", SHAPES)
 def test_matches_reference(dtype, b, t, c, k, with_state):
-    check_against_reference(dtype, b, t, c, k, with_state)
+    check_against_reference(dtype, b, t, c, k, with_state, backward_launch=SMALL_LAUNCHES[0])
 
 
-@pytest.mark.parametrize("tiles", list(BACKWARD_TILE_VARIANTS.values()) + [BackwardTiles(tiles_per_program=3)])
-def test_backward_tile_variants(tiles):
-    """Every offered tile, and several programs per channel block, each looping over several tiles."""
-    check_against_reference(torch.float32, 2, 75, 72, 3, True, backward_tiles=tiles)
+@pytest.mark.parametrize("launch", list(BACKWARD_VARIANTS.values()), ids=list(BACKWARD_VARIANTS))
+def test_backward_variants(launch):
+    """Every offered launch (T = 75: two segments of the 64-step variants), batch 1 with state in; T < K in fp16."""
+    check_against_reference(torch.float32, 1, 75, 72, 3, True, backward_launch=launch)
+    check_against_reference(torch.float16, 2, 2, 72, 3, False, backward_launch=launch)
+
+
+@pytest.mark.parametrize("dtype, b, t, c, k, with_state", [SHAPES[i] for i in (0, 2, 3, 4, 5)])
+@pytest.mark.parametrize("launch", SMALL_LAUNCHES[1:], ids=["no prefetch", "one row per iteration"])
+def test_backward_code_paths(dtype, b, t, c, k, with_state, launch):
+    """The backward kernel's other code paths on the shapes that reach them (segment ends, halos, T < K)."""
+    check_against_reference(dtype, b, t, c, k, with_state, backward_launch=launch)
 
 
 def test_strided_views():
@@ -59,7 +77,7 @@ def test_strided_views():
     u_tb, g_tb, dy_tb = (torch.randn(19, 2, 24, generator=gen) for _ in range(3))
     w, bias = torch.randn(24, 3, generator=gen), torch.randn(24, generator=gen)
     leaves = [u_tb.requires_grad_(), g_tb.requires_grad_(), w.requires_grad_(), bias.requires_grad_()]
-    y = short_conv_gate_fused(u_tb.transpose(0, 1), g_tb.transpose(0, 1), w, bias)
+    y = short_conv_gate_fused(u_tb.transpose(0, 1), g_tb.transpose(0, 1), w, bias, backward_launch=SMALL_LAUNCHES[0])
     ref_leaves = [x.detach().double().requires_grad_() for x in leaves]
     y_ref = short_conv_gate_reference(ref_leaves[0].transpose(0, 1), ref_leaves[1].transpose(0, 1), *ref_leaves[2:])
     assert rel_err(y, y_ref) <= 1e-6
