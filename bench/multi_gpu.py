@@ -8,7 +8,8 @@ One run after the other through the DeepSpeed launcher (`python3 -m deepspeed.la
 examples/pretrain_based.sh ...`), all on the same byte-tokenized sample corpus, global batch, seed, precision and
 optimizer settings (the embedded default's): first the one-GPU reference, then each layout. Per-step losses,
 tokens/s and MFU come from the trainer's log lines (--log-interval 1); peak memory per GPU is sampled from
-nvidia-smi (memory.used: allocator cache + CUDA context) or, with --device cpu, the peak RSS of each rank.
+nvidia-smi (memory.used: allocator cache + CUDA context) or, with --device cpu, the peak RSS of each rank, and the
+trainer's closing line gives PyTorch's peak allocated / reserved memory per rank (GPU runs).
 The layout marked `save` writes a checkpoint that `tools/convert_to_hf.py --verify` then exports (on the CPU).
 
 Writes DIR/multi_gpu.md (table + commands), DIR/multi_gpu.json and DIR/logs/*.log. Checkpoints and the HF export
@@ -47,6 +48,8 @@ ITERATION_LINE = re.compile(
     r"grad norm \S+ \| step time (?P<step_time>\S+) s \| tokens/s (?P<tokens_per_sec>\S+) \| "
     r"TFLOP/s/GPU (?P<tflops>\S+) \| MFU (?P<mfu>\S+)% \| skipped (?P<skipped>\d+)")
 VERIFY_LINE = re.compile(r"verify: (?P<what>.+?), relative difference (?P<difference>[0-9.eE+-]+)")
+PEAK_MEMORY_LINE = re.compile(r"peak memory per rank \(GiB allocated / reserved\): (?P<ranks>.+)")
+RANK_MEMORY = re.compile(r"(?P<rank>\d+): (?P<allocated>[0-9.]+) / (?P<reserved>[0-9.]+)")
 
 
 @dataclasses.dataclass
@@ -264,6 +267,16 @@ def parse_training_log(text):
     return steps
 
 
+def parse_peak_memory(text):
+    """[(allocated, reserved) GiB per rank] from the trainer's last line (GPU runs), or [] when it did not print it."""
+    lines = PEAK_MEMORY_LINE.findall(text)
+    if not lines:
+        return []
+    ranks = sorted((int(m["rank"]), float(m["allocated"]), float(m["reserved"]))
+                   for m in RANK_MEMORY.finditer(lines[-1]))
+    return [(allocated, reserved) for _, allocated, reserved in ranks]
+
+
 def first_error(text):
     """The first line of a failed run's log that reports an error (the trainer's message or a traceback's end)."""
     for line in text.splitlines():
@@ -297,6 +310,7 @@ def run_layout(layout, args, data_prefix, work_dir, label):
                   micro_batch_size=micro_batch_size(layout, args), command=display_command(command),
                   exit=status, wall_s=round(seconds, 1), steps=steps,
                   peak_memory_gib=[round(m, 2) for m in sampler.peak],
+                  torch_peak_memory_gib=parse_peak_memory(text),
                   tokens_per_sec=steady_median(steps, "tokens_per_sec", args.warmup_steps),
                   tflops_per_gpu=steady_median(steps, "tflops", args.warmup_steps),
                   mfu_percent=steady_median(steps, "mfu", args.warmup_steps), checkpoint=save_dir,
@@ -396,8 +410,9 @@ def markdown_report(report, args):
                 else "peak RSS per rank."),
              f"Loss tolerance: per-step relative difference <= {args.loss_rtol:g} against the one-GPU run.", "",
              "| layout | GPUs | TP | PP | DP | micro x accum | exit | max abs (rel) loss diff | losses match | "
-             "tokens/s | tokens/s/GPU | efficiency | TFLOP/s/GPU | MFU % | peak memory per GPU (GiB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "tokens/s | tokens/s/GPU | efficiency | TFLOP/s/GPU | MFU % | peak memory per GPU (GiB) | "
+             "PyTorch peak allocated / reserved per rank (GiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in report["runs"]:
         layout = run["layout"]
         accum = args.global_batch_size // (run["micro_batch_size"] * run["dp"])
@@ -411,7 +426,8 @@ def markdown_report(report, args):
                      f"{fmt(run['tokens_per_sec'], '.0f')} | {fmt(run['tokens_per_sec_per_gpu'], '.0f')} | "
                      f"{fmt(efficiency, '.2f')} | {fmt(run['tflops_per_gpu'], '.3g')} | "
                      f"{fmt(run['mfu_percent'], '.2f')} | "
-                     f"{' / '.join(f'{m:.1f}' for m in run['peak_memory_gib'])} |")
+                     f"{' / '.join(f'{m:.1f}' for m in run['peak_memory_gib'])} | "
+                     f"{', '.join(f'{a:.2f} / {r:.2f}' for a, r in run.get('torch_peak_memory_gib', [])) or '-'} |")
     lines += ["", "Per-step losses:", "", "| step | " + " | ".join(r["layout"]["name"] for r in report["runs"]) + " |",
               "|---|" + "---|" * len(report["runs"])]
     for step in range(1, args.steps + 1):

@@ -57,6 +57,9 @@ def test_pipeline_runs_of_based_360m_mark_their_stages(multi_gpu):
 
 
 def test_log_parsing_and_loss_comparison(multi_gpu):
+    assert multi_gpu.parse_peak_memory(LOG) == []
+    memory_line = "peak memory per rank (GiB allocated / reserved): 0: 9.28 / 11.40 | 1: 9.05 / 11.38\n"
+    assert multi_gpu.parse_peak_memory(LOG + memory_line) == [(9.28, 11.40), (9.05, 11.38)]
     steps = multi_gpu.parse_training_log(LOG)
     assert [s["iteration"] for s in steps] == [1, 2, 3]
     assert steps[1]["loss"] == 9.1894 and steps[1]["tokens_per_sec"] == 70708 and steps[2]["skipped"] == 1
