@@ -31,21 +31,33 @@ for section in "$@"; do
     kernels-la)        # correctness at full shapes + linear attention speed and per-kernel breakdown
       timeout 300 python3 bench/kernels.py --out "$OUT/la" --skip sweep,decode,conv,swa 2>&1 | tail -n 200 \
         > "$OUT/kernels_la.log" ;;
-    tune|tune-stages)  # linear attention launch-configuration search (tile shapes; or stages and segments)
+    tune|tune-stages|tune-regs|tune-chunk-tiles)  # linear attention launch-configuration searches
       search=${section#tune-}; [ "$section" = tune ] && search=tiles
       timeout 420 python3 bench/tune_linear_attention.py --out "$OUT/$section" --jobs 12 --search "$search" \
         > "$OUT/$section.log" 2>&1 ;;
     tune-conv)         # short conv backward tile variants (fwd+bwd time, % of bandwidth, error vs fp64)
       timeout 400 python3 bench/tune_short_conv.py > "$OUT/tune_conv.log" 2>&1 ;;
     ncu)               # hardware counters of each linear-attention kernel, T = 2048 and 16384, D = 64
-      for t in 2048 16384; do
-        timeout 120 ncu --clock-control none --target-processes all -k 'regex:_chunk_state|_fwd_output|_bwd_' \
+      for t in ${NCU_LENGTHS:-2048 16384}; do
+        timeout 150 ncu --clock-control none --target-processes all -k 'regex:_chunk_state|_fwd_output|_bwd_' \
           --launch-count 6 --section SpeedOfLight --section Occupancy --section LaunchStats \
-          --section MemoryWorkloadAnalysis --section WarpStateStats \
+          --section MemoryWorkloadAnalysis --section WarpStateStats --section ComputeWorkloadAnalysis \
+          --section SchedulerStats --section InstructionStats --section SourceCounters \
           python3 -c "import sys; sys.path.insert(0, 'bench'); import kernels as k, torch; \
         f = k.fwd_bwd(k.linear_attention_fused, k.la_inputs(32768 // $t, $t, 16, 64, torch.bfloat16)); f(); \
         torch.cuda.synchronize()" > "$OUT/ncu_T$t.txt" 2>&1
       done ;;
+    ncu-source)        # per-SASS-instruction warp stall samples of the linear-attention kernels of one fwd+bwd, T = 2048
+      timeout 300 ncu --clock-control none --target-processes all \
+        -k 'regex:_chunk_state|_fwd_output|_bwd_dqdk|_bwd_dv' --launch-skip 2 --launch-count 5 \
+        --section SpeedOfLight --section Occupancy --section WarpStateStats --section SourceCounters \
+        --import-source no -f -o "$OUT/la_source" \
+        python3 -c "import sys; sys.path.insert(0, 'bench'); import kernels as k, torch; \
+        f = k.fwd_bwd(k.linear_attention_fused, k.la_inputs(16, 2048, 16, 64, torch.bfloat16)); f(); \
+        torch.cuda.synchronize()" > "$OUT/ncu_source.log" 2>&1
+      ncu -i "$OUT/la_source.ncu-rep" --page raw --csv > "$OUT/ncu_raw.csv" 2>&1
+      ncu -i "$OUT/la_source.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_sass.csv" 2>&1
+      rm -f "$OUT/la_source.ncu-rep" ;;
     generation)
       timeout "${GENERATION_TIMEOUT:-540}" python3 bench/generation.py --config based-1.3b --device cuda \
         --dtype bf16 --batch-sizes "${GENERATION_BATCHES:-1,16,128}" --prompt-len 2048 --new-tokens 1024 \

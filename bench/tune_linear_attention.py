@@ -4,12 +4,13 @@
 
 For every candidate LaunchConfig (--search tiles: chunk 64 / 128 x warps 2 / 4 / 8 x state-row tiles 16 / 32 / 64,
 the same choice given to every kernel; --search stages: pipeline stages 1-4 around the defaults and, at T = 16384,
-the scan's segment length) and shape (T = 2048 at D = 64 and 112, T = 16384 at D = 64; B*T = 32768, 16 heads,
-bf16), one fwd+bwd step runs under torch.profiler and the CUDA time of each kernel is recorded, and the step's
-gradients are compared with those of the shape's first candidate. The kernels do not share tiles, so the best
-configuration of each kernel can be combined: the script prints, per chunk size and shape, every kernel's fastest
-tile choice and the sum of those minima. Compilation of all candidates first runs in --jobs parallel processes
-(Triton's on-disk cache), then one process measures. Writes DIR/tune.md and DIR/tune.json.
+the scan's segment length; --search regs: register caps; --search chunk-tiles: the per-chunk kernels' tiles) and
+shape (T = 2048 at D = 64 and 112, T = 16384 at D = 64; B*T = 32768, 16 heads, bf16), one fwd+bwd step runs under
+torch.profiler and the CUDA time of each kernel is recorded, and the step's gradients are compared with those of the
+shape's first candidate. The kernels do not share tiles, so the best configuration of each kernel can be combined:
+the script prints, per chunk size and shape, every kernel's fastest tile choice and the sum of those minima.
+Compilation of all candidates first runs in --jobs parallel processes (Triton's on-disk cache), then one process
+measures. Writes DIR/tune.md and DIR/tune.json.
 """
 
 import argparse
@@ -50,7 +51,24 @@ def stage_and_segment_candidates(t, d):
             yield dataclasses.replace(base, segment_chunks=seg)
 
 
-SEARCHES = {"tiles": tile_candidates, "stages": stage_and_segment_candidates}
+def register_cap_candidates(t, d):
+    """Register caps (Triton's maxnreg) on every kernel at the default tiles: 2-warp CTAs fit 8 / 6 / 5 per
+    multiprocessor at 128 / 168 / 200 registers (4-warp scans: 4 / 3 / 2)."""
+    base = LaunchConfig(state_warps=2, state_stages=2) if d > 64 else LaunchConfig()
+    for regs in (0, 128, 168, 200):
+        yield dataclasses.replace(base, state_regs=regs, out_regs=regs, grad_regs=regs, dv_regs=regs)
+
+
+def per_chunk_tile_candidates(t, d):
+    """Row tiles x warps of the per-chunk kernels (output, dq/dk, dv) around the defaults; scans unchanged."""
+    base = LaunchConfig(state_warps=2, state_stages=2) if d > 64 else LaunchConfig()
+    for rows, warps in itertools.product((16, 32, 64), (2, 4)):
+        yield dataclasses.replace(base, out_rows=rows, out_warps=warps, grad_rows=rows, grad_warps=warps,
+                                  dv_rows=rows, dv_warps=warps)
+
+
+SEARCHES = {"tiles": tile_candidates, "stages": stage_and_segment_candidates, "regs": register_cap_candidates,
+            "chunk-tiles": per_chunk_tile_candidates}
 
 
 def changed_fields(cfg):

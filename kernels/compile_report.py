@@ -16,11 +16,12 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 
 
 def compile_resources(kernel, signature: dict, constexprs: dict, attrs: dict, num_warps: int, num_stages: int,
-                      arch: int, with_sass: bool = False) -> dict:
-    """regs, stack (bytes; > 0 means spills), shared (bytes) and, with_sass, the SASS text of one compilation."""
+                      arch: int, with_sass: bool = False, maxnreg: int = 0) -> dict:
+    """regs, stack (bytes; > 0 means spills), shared (bytes) and, with_sass, the SASS text of one compilation
+    (maxnreg: Triton's register cap, 0 for none)."""
     compiled = triton.compile(ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32),
-                              options=dict(num_warps=num_warps, num_stages=num_stages))
+                              options=dict(num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg or None))
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()
@@ -32,3 +33,14 @@ def compile_resources(kernel, signature: dict, constexprs: dict, attrs: dict, nu
 
 def _cuobjdump(flag: str, path: str) -> str:
     return subprocess.run([CUOBJDUMP, flag, path], capture_output=True, text=True, check=True).stdout
+
+
+def loop_bodies(sass: str) -> list:
+    """Instructions in each loop of the SASS (one per backward branch: from its target to the branch), in address
+    order: the per-iteration instruction count that the issue rate divides."""
+    sizes = []
+    for addr, target in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?BRA(?:\.\w+)*\s+0x([0-9a-f]+)", sass):
+        if int(target, 16) < int(addr, 16):
+            sizes.append((int(addr, 16) - int(target, 16)) // 16 + 1)
+    return sizes
+

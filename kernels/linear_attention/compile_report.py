@@ -6,7 +6,8 @@ Compiles each kernel with its default tiles (fused.LaunchConfig) for a CUDA targ
 the cubin's resource usage with the cuobjdump that ships with Triton. Stack > 0 means spills. Integer arguments are
 specialised as Triton does at run time for contiguous inputs of the benchmark's shapes (the innermost strides are the
 constant 1, the other integers multiples of 16), so that the report sees the same vector widths: the last columns
-count global-load instructions by width in the SASS (16-byte vectors against narrower ones).
+count global-load instructions by width in the SASS (16-byte vectors against narrower ones), and the instructions
+in each loop's body (the chunk loop of the scans, the row-block loop of the per-chunk kernels).
 """
 
 import argparse
@@ -16,9 +17,9 @@ from collections import Counter
 import torch
 import triton
 
-from ..compile_report import compile_resources
+from ..compile_report import compile_resources, loop_bodies
 from . import triton_kernels as tk
-from .fused import COMPACT_FEATURES, FEATURE_DIM, LaunchConfig, _dot_types, _feature_constants
+from .fused import COMPACT_FEATURES, FEATURE_DIM, FEATURE_TABLE_ROWS, LaunchConfig, _dot_types, _feature_constants
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 INPUT_POINTERS = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "x", "y"}
@@ -36,13 +37,13 @@ def _signature(kernel, constexprs: dict, dtype: str, state_dtype: str) -> tuple:
             continue
         if name == "eps":
             signature[name] = "fp32"
-        elif name in INPUT_POINTERS:
+        elif name in INPUT_POINTERS or name == "sel":
             signature[name] = "*" + dtype
         elif name in STATE_POINTERS:
             signature[name] = "*" + state_dtype
         elif name in INDEX_POINTERS:
             signature[name] = "*i32"
-        elif name in ("den", "r", "hz", "dhz", "hp", "dhp", "ends"):
+        elif name in ("inv_den", "r", "hz", "dhz", "starts", "ends"):
             signature[name] = "*fp32"
         else:
             signature[name] = "i32"
@@ -57,35 +58,36 @@ def _innermost_stride(name: str) -> bool:
 
 
 def resources(kernel, constexprs: dict, num_warps: int, num_stages: int, arch: int, dtype: str,
-              state_dtype: str) -> dict:
+              state_dtype: str, maxnreg: int = 0) -> dict:
     """compile_resources plus the kernel's global loads by width: vector (16 bytes) and narrower instructions."""
     constexprs = dict(constexprs)
     signature, attrs = _signature(kernel, constexprs, dtype, state_dtype)
-    res = compile_resources(kernel, signature, constexprs, attrs, num_warps, num_stages, arch, with_sass=True)
+    res = compile_resources(kernel, signature, constexprs, attrs, num_warps, num_stages, arch, with_sass=True,
+                            maxnreg=maxnreg)
+    sass = res.pop("sass")
     loads = Counter("vector" if op.endswith(".128") else "narrow"
-                    for op in re.findall(r"\b(?:LDG|LDGSTS)\.E[A-Z0-9.]*", res.pop("sass")))
-    return dict(res, vector_loads=loads["vector"], narrow_loads=loads["narrow"])
+                    for op in re.findall(r"\b(?:LDG|LDGSTS)\.E[A-Z0-9.]*", sass))
+    return dict(res, vector_loads=loads["vector"], narrow_loads=loads["narrow"], loops=loop_bodies(sass))
 
 
 def kernel_variants(head_dim: int, torch_dtype: torch.dtype, cfg: LaunchConfig):
-    """(name, kernel, constexprs, warps, stages) of every launch of one forward + backward with the default tiles
-    (segmented scans: the consumers add the segments' starting states)."""
+    """(name, kernel, constexprs, warps, stages, register cap) of every launch of one forward + backward with the
+    default tiles (the scans' second pass of segmented sequences: from a starting state, storing h)."""
     types = _dot_types(torch_dtype)
     no_sel = {k: v for k, v in types.items() if k != "SEL_PREC"}
-    common = dict(**_feature_constants(FEATURE_DIM), D=head_dim, C=cfg.chunk, IS_VARLEN=False)
-    scan = dict(common, BD=cfg.state_d, STORE_END=True, PREC=types["PREC"], STATE_DT=types["STATE_DT"],
-                STATE_PREC=types["STATE_PREC"])
+    common = dict(**_feature_constants(FEATURE_DIM), MP=FEATURE_TABLE_ROWS, D=head_dim, C=cfg.chunk, IS_VARLEN=False)
+    scan = dict(common, BD=cfg.state_d, HAS_START=True, STORE_H=True, STORE_END=False, PREC=types["PREC"],
+                STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"])
     warps, stages = (cfg.state_warps, cfg.state_stages) if head_dim <= 64 else (2, 2)    # as fused.launch_config
     for direction in ("fwd", "bwd"):
         yield (f"chunk scan {direction}", tk._chunk_state_kernel,
-               dict(scan, BR=cfg.state_rows, REVERSE=direction == "bwd"), warps, stages)
-    yield ("output", tk._fwd_output_kernel, dict(common, BR=cfg.out_rows, BD=cfg.block_d, HAS_PREFIX=True, **no_sel),
-           cfg.out_warps, cfg.out_stages)
-    dqdk = dict(common, BR=cfg.grad_rows, DP=triton.next_power_of_2(head_dim), HAS_PREFIX=True, HAS_GRAD_PREFIX=True,
-                **types)
-    yield "dq/dk", tk._bwd_dqdk_kernel, dqdk, cfg.grad_warps, cfg.grad_stages
-    yield ("dv", tk._bwd_dv_kernel, dict(common, BR=cfg.dv_rows, BD=cfg.block_d, HAS_GRAD_PREFIX=True, **no_sel),
-           cfg.dv_warps, cfg.dv_stages)
+               dict(scan, BR=cfg.state_rows, REVERSE=direction == "bwd"), warps, stages, cfg.state_regs)
+    yield ("output", tk._fwd_output_kernel, dict(common, BR=cfg.out_rows, BD=cfg.block_d, **no_sel),
+           cfg.out_warps, cfg.out_stages, cfg.out_regs)
+    dqdk = dict(common, BR=cfg.grad_rows, DP=triton.next_power_of_2(head_dim), **types)
+    yield "dq/dk", tk._bwd_dqdk_kernel, dqdk, cfg.grad_warps, cfg.grad_stages, cfg.grad_regs
+    yield ("dv", tk._bwd_dv_kernel, dict(common, BR=cfg.dv_rows, BD=cfg.block_d, **no_sel),
+           cfg.dv_warps, cfg.dv_stages, cfg.dv_regs)
 
 
 def main():
@@ -94,14 +96,15 @@ def main():
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     args = parser.parse_args()
     state_dtype = "bf16" if args.dtype == "bf16" else "fp32"
-    print(f"| kernel | D | warps | registers | stack (spills) | shared memory | 16-B loads | narrower loads |  "
-          f"(sm_{args.arch}, {args.dtype}, {COMPACT_FEATURES} state rows)")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| kernel | D | warps | registers | stack (spills) | shared memory | 16-B loads | narrower loads | "
+          f"loop body (SASS) |  (sm_{args.arch}, {args.dtype}, {COMPACT_FEATURES} state rows)")
+    print("|---|---|---|---|---|---|---|---|---|")
     for head_dim in (64, 112):
-        for name, kernel, constexprs, warps, stages in kernel_variants(head_dim, DTYPES[args.dtype], LaunchConfig()):
-            res = resources(kernel, constexprs, warps, stages, args.arch, args.dtype, state_dtype)
+        for name, kernel, constexprs, warps, stages, regs in kernel_variants(head_dim, DTYPES[args.dtype],
+                                                                             LaunchConfig()):
+            res = resources(kernel, constexprs, warps, stages, args.arch, args.dtype, state_dtype, regs)
             print(f"| {name} | {head_dim} | {warps} | {res['regs']} | {res['stack']} B | {res['shared']} B | "
-                  f"{res['vector_loads']} | {res['narrow_loads']} |")
+                  f"{res['vector_loads']} | {res['narrow_loads']} | {', '.join(map(str, res['loops']))} |")
 
 
 if __name__ == "__main__":

@@ -14,12 +14,13 @@ FEATURE_DIM = 16          # q/k feature dim the kernels are built for (Based's);
 FEATURES = 1 + FEATURE_DIM + FEATURE_DIM * FEATURE_DIM             # public state rows (273)
 PAIRS = FEATURE_DIM * (FEATURE_DIM - 1) // 2                       # off-diagonal pairs a != b (120)
 COMPACT_FEATURES = 1 + 2 * FEATURE_DIM + PAIRS                     # state rows inside the kernels (153)
+FEATURE_TABLE_ROWS = 256          # rows of the feature tables: covers the row blocks (<= 256 rows) the kernels take
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
     """Tiles, warps and pipeline stages of each kernel. Rows: state rows per product (the live [rows, *] tiles).
-    The defaults were picked by bench/tune_linear_attention.py on the H200 (bench/notes_kernels.md, round 3):
+    The defaults were picked by bench/tune_linear_attention.py on the H200 (bench/notes_kernels.md, rounds 3 and 5):
     small CTAs (2-4 warps) win, several per multiprocessor hide each other's latency."""
     chunk: int = 64           # tokens per chunk (quadratic inside)
     block_d: int = 64         # value columns per program of the output and dv kernels (dq/dk takes all at once)
@@ -30,16 +31,20 @@ class LaunchConfig:
     segment_chunks: int = 0   # chunks per scan segment; 0: enough segments for SCAN_PROGRAMS_PER_SM (fixed length)
     out_rows: int = 64
     out_warps: int = 2
-    out_stages: int = 3
+    out_stages: int = 4
     grad_rows: int = 16       # dq/dk kernel
     grad_warps: int = 2
     grad_stages: int = 3
     dv_rows: int = 16
     dv_warps: int = 2
-    dv_stages: int = 3
+    dv_stages: int = 4
+    state_regs: int = 0       # register cap per thread of each kernel (Triton's maxnreg); 0: the compiler's choice
+    out_regs: int = 0
+    grad_regs: int = 0
+    dv_regs: int = 128        # 8 CTAs per multiprocessor instead of 4 (round 5: 25% faster at 2k, D = 64)
 
 
-SCAN_PROGRAMS_PER_SM = 4      # a scan segment per program ... until this many programs per multiprocessor
+SCAN_PROGRAMS_PER_SM = 6      # a scan segment per program ... until this many programs per multiprocessor
 
 # Host side: a fused call issues 6-7 kernels, so its Python work is kept small (the launch plan of a shape is cached;
 # bench/kernels.py's breakdown reports the host time per call next to the kernels' time).
@@ -76,10 +81,28 @@ def _feature_constants(f: int) -> dict:
 
 
 def _pair_indices(device) -> tuple:
-    """(a_p, b_p) of the 120 off-diagonal pairs in the kernels' row order (triton_kernels._feature_rows)."""
+    """(a_p, b_p) of the 120 off-diagonal pairs in the kernels' row order (triton_kernels' docstring)."""
     p = torch.arange(PAIRS, device=device)
     a = p % FEATURE_DIM
     return a, (a + p // FEATURE_DIM + 1) % FEATURE_DIM
+
+
+@functools.lru_cache
+def feature_tables(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The factors of the kernels' compact feature rows, phi_m(x) = scale_m x_{a_m} x_{b_m} (triton_kernels'
+    docstring), as the one-hot selections they load: [4, F * MP] in the input dtype, A[f, m] = (f == a_m) and
+    B[f, m] = (f == b_m) ([F, MP]; all zero for a row without that factor), then their transposes [MP, F]."""
+    f, mp = FEATURE_DIM, FEATURE_TABLE_ROWS
+    a = torch.full((mp,), -1)
+    b = torch.full((mp,), -1)
+    lin, diag, pair = slice(1, 1 + f), slice(1 + f, 1 + 2 * f), slice(1 + 2 * f, COMPACT_FEATURES)
+    a[lin] = torch.arange(f)
+    a[diag] = b[diag] = torch.arange(f)
+    a[pair], b[pair] = _pair_indices("cpu")
+    one_hot_a = torch.arange(f)[:, None] == a[None, :]
+    one_hot_b = torch.arange(f)[:, None] == b[None, :]
+    sel = torch.stack([one_hot_a.flatten(), one_hot_b.flatten(), one_hot_a.T.flatten(), one_hot_b.T.flatten()])
+    return sel.to(device=device, dtype=dtype)
 
 
 def to_compact(x: torch.Tensor) -> torch.Tensor:
@@ -208,53 +231,60 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @dataclass
 class ScanResult:
-    """Per-chunk states from the scan, relative to their segment (h [rows, H, M, D], hz [rows, H, M]); the
-    segments' starting states (prefix: packed, [N, NSEG, H, _packed_size(D)] fp32; None when all are zero) and the
-    state at the scan's end (end: ([N, H, M, D], [N, H, M]) fp32, only when asked for)."""
+    """Per-chunk states from the scan (h [rows, H, M, D], hz [rows, H, M]: the whole state, initial state
+    included) and the state at the scan's end (end: ([N, H, M, D], [N, H, M]) fp32, only when asked for)."""
     h: torch.Tensor
     hz: torch.Tensor
-    prefix: Optional[torch.Tensor]
     end: Optional[tuple]
 
 
-def _scan(x, y, den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, n_seq: int, eps: float,
-          reverse: bool, boundary=None, want_end: bool = False) -> ScanResult:
-    """Run the chunk scan, segments in parallel, and combine the segments' totals on the host side:
+def _scan(x, y, inv_den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, n_seq: int, reverse: bool,
+          boundary=None, want_end: bool = False) -> ScanResult:
+    """Run the chunk scan, segments in parallel. One segment: one pass from the boundary. Several: a first pass
+    stores each segment's total (from zero), the host side combines them into starting states,
     forward  P_s = S_0 + sum_{s' < s} total_s',  end = P_last + total_last   (boundary S_0: the initial state)
     reverse  P_s = dS_T + sum_{s' > s} total_s', end = P_0 + total_0          (boundary: the final state's grad)
+    and a second pass scans each segment from P_s, storing h.
 
     Forward (reverse=False): x = k, y = v, h = state before each chunk. Backward: x = q, y = do (scaled by
-    1 / (den + eps) in the kernel), weight r, h = gradient state after each chunk. S and z travel packed in one
-    fp32 tensor (_pack) so that each step of the combination is one torch op.
+    inv_den = 1 / (den + eps) in the kernel), weight r, h = gradient state after each chunk. S and z travel packed
+    in one fp32 tensor (_pack) so that each step of the combination is one torch op.
     """
     B, T, H, F = x.shape
     D = y.shape[-1]
     nseg = layout.segments
     h = x.new_empty(layout.n_rows, H, COMPACT_FEATURES, D, dtype=_state_dtype(x.dtype))
     hz = x.new_empty(layout.n_rows, H, COMPACT_FEATURES, dtype=torch.float32)
+    start = None if boundary is None else _pack(*boundary).unsqueeze(1)
     ends = None
     if nseg > 1 or want_end:
         ends = x.new_empty(n_seq, nseg, H, _packed_size(D), dtype=torch.float32)
     types = _dot_types(x.dtype)
     grid = (_cdiv(COMPACT_FEATURES, cfg.state_rows), _cdiv(D, cfg.state_d), n_seq * H * nseg)
-    _chunk_state_kernel[grid](
-        x, y, _or_dummy(den, x), _or_dummy(r, x), h, hz, _or_dummy(ends, x), cu_seqlens, layout.offsets,
-        *x.stride(), *y.stride(), T, H, layout.chunks_per_seq, nseg, layout.segment_chunks, eps, D=D,
-        **_feature_constants(F), C=cfg.chunk, BR=cfg.state_rows, BD=cfg.state_d, IS_VARLEN=cu_seqlens is not None,
-        REVERSE=reverse, STORE_END=ends is not None,
-        PREC=types["PREC"], STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"],
-        num_warps=cfg.state_warps, num_stages=cfg.state_stages)
-    start = None if boundary is None else _pack(*boundary).unsqueeze(1)
-    if ends is None:                # one segment, no end state wanted: the boundary (if any) is the only prefix
-        return ScanResult(h, hz, start, None)
+
+    def scan_pass(starts, store_h, store_end):
+        _chunk_state_kernel[grid](
+            x, y, _or_dummy(inv_den, x), _or_dummy(r, x), h, hz, _or_dummy(starts, x), _or_dummy(ends, x),
+            feature_tables(x.dtype, x.device), cu_seqlens, layout.offsets, *x.stride(), *y.stride(), T, H,
+            layout.chunks_per_seq, nseg, layout.segment_chunks, D=D, **_feature_constants(F), MP=FEATURE_TABLE_ROWS,
+            C=cfg.chunk, BR=cfg.state_rows, BD=cfg.state_d, IS_VARLEN=cu_seqlens is not None, REVERSE=reverse,
+            HAS_START=starts is not None, STORE_H=store_h, STORE_END=store_end, PREC=types["PREC"],
+            STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"],
+            num_warps=cfg.state_warps, num_stages=cfg.state_stages, maxnreg=cfg.state_regs or None)
+
+    if nseg == 1:
+        scan_pass(start, store_h=True, store_end=want_end)
+        return ScanResult(h, hz, _unpack(ends[:, 0], D) if want_end else None)
+    scan_pass(None, store_h=False, store_end=True)
     prefix = _exclusive_cumsum(ends, reverse)
     if start is not None:
         prefix += start
+    scan_pass(prefix, store_h=True, store_end=False)
     end = None
     if want_end:
         last = 0 if reverse else nseg - 1
         end = _unpack(prefix[:, last] + ends[:, last], D)
-    return ScanResult(h, hz, prefix if nseg > 1 or start is not None else None, end)
+    return ScanResult(h, hz, end)
 
 
 def _exclusive_cumsum(x: torch.Tensor, reverse: bool) -> torch.Tensor:
@@ -274,23 +304,23 @@ class LinearAttentionFunction(torch.autograd.Function):
         cfg = tuning if isinstance(tuning, LaunchConfig) else launch_config(D, q.device, **tuning)
         layout = chunk_layout(B, T, cu_seqlens, cfg, H, D, q.device)
         initial = None if s_init is None else (to_compact(s_init), to_compact(z_init))
-        scan = _scan(k, v, None, None, cfg, layout, cu_seqlens, n_seq, eps, reverse=False, boundary=initial,
+        scan = _scan(k, v, None, None, cfg, layout, cu_seqlens, n_seq, reverse=False, boundary=initial,
                      want_end=output_final_state)
 
         o = torch.empty_like(v)
-        den = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
+        inv_den = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
         types = _dot_types(q.dtype)
         grid = (layout.grid_chunks, _cdiv(D, cfg.block_d), B * H)
         _fwd_output_kernel[grid](
-            q, k, v, o, den, scan.h, scan.hz, _or_dummy(scan.prefix, q), cu_seqlens, layout.indices,
-            *q.stride(), *k.stride(), *v.stride(), *o.stride(), T, H, layout.chunks_per_seq, layout.segments,
-            layout.segment_chunks, eps, D=D, **_feature_constants(F), C=cfg.chunk, BR=cfg.out_rows, BD=cfg.block_d,
-            IS_VARLEN=cu_seqlens is not None, HAS_PREFIX=scan.prefix is not None, DOT_DT=types["DOT_DT"],
+            q, k, v, o, inv_den, scan.h, scan.hz, feature_tables(q.dtype, q.device), cu_seqlens, layout.indices,
+            *q.stride(), *k.stride(), *v.stride(), *o.stride(), T, H, layout.chunks_per_seq, eps, D=D,
+            **_feature_constants(F), MP=FEATURE_TABLE_ROWS, C=cfg.chunk, BR=cfg.out_rows, BD=cfg.block_d,
+            IS_VARLEN=cu_seqlens is not None, DOT_DT=types["DOT_DT"],
             STATE_DT=types["STATE_DT"], PREC=types["PREC"], STATE_PREC=types["STATE_PREC"],
-            num_warps=cfg.out_warps, num_stages=cfg.out_stages)
+            num_warps=cfg.out_warps, num_stages=cfg.out_stages, maxnreg=cfg.out_regs or None)
 
-        ctx.save_for_backward(q, k, v, o, den, scan.h, scan.hz, scan.prefix, cu_seqlens)
-        ctx.cfg, ctx.layout, ctx.eps, ctx.n_seq, ctx.has_initial = cfg, layout, eps, n_seq, s_init is not None
+        ctx.save_for_backward(q, k, v, o, inv_den, scan.h, scan.hz, cu_seqlens)
+        ctx.cfg, ctx.layout, ctx.n_seq, ctx.has_initial = cfg, layout, n_seq, s_init is not None
         s_out = z_out = None
         if output_final_state:
             s_out, z_out = to_public(scan.end[0]), to_public(scan.end[1])
@@ -300,42 +330,39 @@ class LinearAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, ds_final, dz_final):
-        q, k, v, o, den, h, hz, prefix, cu_seqlens = ctx.saved_tensors
-        cfg, layout, eps, n_seq = ctx.cfg, ctx.layout, ctx.eps, ctx.n_seq
+        q, k, v, o, inv_den, h, hz, cu_seqlens = ctx.saved_tensors
+        cfg, layout, n_seq = ctx.cfg, ctx.layout, ctx.n_seq
         B, T, H, F = q.shape
         D = v.shape[-1]
         types = _dot_types(q.dtype)
-        constants = dict(**_feature_constants(F), C=cfg.chunk, IS_VARLEN=cu_seqlens is not None,
+        sel = feature_tables(q.dtype, q.device)
+        constants = dict(**_feature_constants(F), MP=FEATURE_TABLE_ROWS, C=cfg.chunk, IS_VARLEN=cu_seqlens is not None,
                          DOT_DT=types["DOT_DT"], STATE_DT=types["STATE_DT"], PREC=types["PREC"],
                          STATE_PREC=types["STATE_PREC"])
 
-        r = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
+        r = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
         block_t = 32
         _bwd_delta_kernel[(_cdiv(T, block_t), B * H)](
-            o, do, den, r, *o.stride(), *do.stride(), T, H, D, eps,
-            BT=block_t, DP=_next_power_of_2(D), num_warps=4)
+            o, do, inv_den, r, *o.stride(), *do.stride(), T, H, D, BT=block_t, DP=_next_power_of_2(D), num_warps=4)
 
         final_grad = None
         if ds_final is not None or dz_final is not None:
             final_grad = (to_compact(_zeros_if_none(ds_final, (n_seq, H, FEATURES, D), q)),
                           to_compact(_zeros_if_none(dz_final, (n_seq, H, FEATURES), q)))
-        grad_scan = _scan(q, do, den, r, cfg, layout, cu_seqlens, n_seq, eps, reverse=True, boundary=final_grad,
+        grad_scan = _scan(q, do, inv_den, r, cfg, layout, cu_seqlens, n_seq, reverse=True, boundary=final_grad,
                           want_end=ctx.has_initial)
 
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         nt = layout.chunks_per_seq
         _bwd_dqdk_kernel[(layout.grid_chunks, 1, B * H)](
-            q, k, v, do, den, r, h, hz, _or_dummy(prefix, q), grad_scan.h, grad_scan.hz,
-            _or_dummy(grad_scan.prefix, q), dq, dk, cu_seqlens, layout.indices,
+            q, k, v, do, inv_den, r, h, hz, grad_scan.h, grad_scan.hz, dq, dk, sel, cu_seqlens, layout.indices,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *dk.stride(), T, H, nt,
-            layout.segments, layout.segment_chunks, eps, D=D, BR=cfg.grad_rows, DP=_next_power_of_2(D),
-            HAS_PREFIX=prefix is not None, HAS_GRAD_PREFIX=grad_scan.prefix is not None,
-            SEL_PREC=types["SEL_PREC"], num_warps=cfg.grad_warps, num_stages=cfg.grad_stages, **constants)
+            D=D, BR=cfg.grad_rows, DP=_next_power_of_2(D), SEL_PREC=types["SEL_PREC"], num_warps=cfg.grad_warps,
+            num_stages=cfg.grad_stages, maxnreg=cfg.grad_regs or None, **constants)
         _bwd_dv_kernel[(layout.grid_chunks, _cdiv(D, cfg.block_d), B * H)](
-            q, k, do, den, grad_scan.h, _or_dummy(grad_scan.prefix, q), dv, cu_seqlens, layout.indices,
-            *q.stride(), *k.stride(), *do.stride(), *dv.stride(), T, H, nt, layout.segments, layout.segment_chunks,
-            eps, D=D, BR=cfg.dv_rows, BD=cfg.block_d, HAS_GRAD_PREFIX=grad_scan.prefix is not None,
-            num_warps=cfg.dv_warps, num_stages=cfg.dv_stages, **constants)
+            q, k, do, inv_den, grad_scan.h, dv, sel, cu_seqlens, layout.indices,
+            *q.stride(), *k.stride(), *do.stride(), *dv.stride(), T, H, nt, D=D, BR=cfg.dv_rows, BD=cfg.block_d,
+            num_warps=cfg.dv_warps, num_stages=cfg.dv_stages, maxnreg=cfg.dv_regs or None, **constants)
 
         ds_init = dz_init = None
         if ctx.has_initial:

@@ -9,17 +9,22 @@ PHI2_SCALE = (2F)**-0.5. vec(x x^T) is symmetric, so the kernels use the compact
                         a = p % F, b = (a + p // F + 1) % F
 with the same dot products phi(q).phi(k) = 1 + s / sqrt(F) + s^2 / (2F), s = q.k. Every row is
 phi_m(x) = scale_m * A_m(x) * B_m(x), A_m = x_{a_m} (or 1), B_m = x_{b_m} (or 1): a block of BR rows is two
-selection products x @ sel. fused.py converts states between this layout and the public 273-row one.
+selection products x @ sel. The kernels load the one-hot selections from a table (fused.feature_tables) rather
+than derive them from m: deriving them cost a third of every loop's instructions.
+fused.py converts states between this layout and the public 273-row one.
 
 Two levels, like flash-linear-attention's `chunk` kernels (sequences cut into chunks of C tokens):
   1. _chunk_state_kernel scans the chunks of a sequence and writes the state at every chunk boundary to HBM
      (h [chunks, H, M, D] = sum over earlier tokens of phi(k) v^T, hz [chunks, H, M] = sum phi(k)). One program per
      (row block of BR features, value block of BD columns, sequence x head x segment): the live state is one
-     [BR, BD] tile. Long sequences are cut into segments of SEG chunks scanned in parallel, each from zero; their
-     end states give, by a cumulative sum on the host side, every segment's starting state P (plus the initial
-     state; fp32 [N, NSEG, H, _packed(M, D)]: S rows then z, packed so that one torch op combines both, each row
-     padded to 64 bytes so that tiles load as 16-byte vectors), which the consumers below add to h as they load it.
+     [BR, BD] tile, starting from the initial state when one is given. Long sequences are cut into segments of
+     SEG chunks scanned in parallel, in two passes: the first stores only each segment's total (from zero), a
+     cumulative sum on the host side gives every segment's starting state (fp32 [N, NSEG, H, _packed(M, D)]: S
+     rows then z, packed so that one torch op combines both, each row padded to 64 bytes so that tiles load as
+     16-byte vectors), the second scans again from those and stores h. So h always holds the whole state and the
+     per-chunk kernels below read it alone.
      The backward runs it in reverse time on (q, g = do / (den + eps), r) for dS, dz at each chunk's END.
+     (The forward stores inv_den = 1 / (den + eps), fp32 [B, H, T], for the backward; r is stored the same way.)
   2. Fully parallel kernels per chunk, from those states:
      forward   num_i = sum_{j<=i in chunk} a_ij v_j + phi(q_i) S,  den_i = sum_j a_ij + phi(q_i).z,
                o_i = num_i / (den_i + eps),  a_ij = 1 + s_ij / sqrt(F) + s_ij^2 / (2F)
@@ -47,52 +52,52 @@ def _tile(ptr, row_stride, col_stride, rows, row_mask, cols, col_mask):
 
 
 @triton.jit
-def _feature_rows(m, F: tl.constexpr, M: tl.constexpr, PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr):
-    """For compact rows m: (a_m, b_m, scale_m); a or b = -1 means the factor 1, scale 0 marks rows >= M."""
-    is_lin = (m >= 1) & (m <= F)
-    is_diag = (m > F) & (m <= 2 * F)
-    is_pair = (m > 2 * F) & (m < M)
-    p = tl.maximum(m - 1 - 2 * F, 0)
-    pa = p % F
-    pb = (pa + p // F + 1) % F
-    a = tl.where(is_lin, m - 1, tl.where(is_diag, m - 1 - F, tl.where(is_pair, pa, -1)))
-    b = tl.where(is_diag, m - 1 - F, tl.where(is_pair, pb, -1))
-    scale = tl.where(m == 0, 1.0, tl.where(is_lin, PHI1_SCALE, tl.where(is_diag, PHI2_SCALE,
-                                                                         tl.where(is_pair, PHI2_SCALE * SQRT2, 0.0))))
-    return a, b, scale
+def _selections(sel, m, F: tl.constexpr, MP: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """One-hot selections of the factors of rows m, loaded from fused.feature_tables: sa, sb [F, BR] in the operand
+    dtype (sa[f, m] = 1 where f = a_m), or [BR, F] when TRANSPOSED. Matrix-product operands: the pipeliner
+    prefetches them with the state tiles."""
+    f = tl.arange(0, F)
+    if TRANSPOSED:
+        offs = 2 * F * MP + m[:, None] * F + f[None, :]
+    else:
+        offs = f[:, None] * MP + m[None, :]
+    return tl.load(sel + offs), tl.load(sel + F * MP + offs)
 
 
 @triton.jit
-def _features(x, m, F: tl.constexpr, M: tl.constexpr, PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr,
-              PREC: tl.constexpr):
-    """x [C, F] -> (A, B [C, BR] fp32, scale [BR]) of rows m: phi_m(x_t) = scale_m A[t, m] B[t, m]."""
-    a, b, scale = _feature_rows(m, F, M, PHI1_SCALE, PHI2_SCALE)
-    f = tl.arange(0, F)
-    xa = tl.dot(x, (f[:, None] == a[None, :]).to(x.dtype), input_precision=PREC) + (a < 0).to(tl.float32)[None, :]
-    xb = tl.dot(x, (f[:, None] == b[None, :]).to(x.dtype), input_precision=PREC) + (b < 0).to(tl.float32)[None, :]
-    return xa, xb, scale
+def _row_constants(m, F: tl.constexpr, M: tl.constexpr, PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr):
+    """For rows m [BR]: the factor 1 of rows without a (ca: the constant row) and without b (cb: the constant and
+    linear rows), and scale_m (0 for rows >= M)."""
+    ca = (m == 0).to(tl.float32)
+    cb = (m <= F).to(tl.float32)
+    pair_scale = tl.where(m < M, PHI2_SCALE * SQRT2, 0.0)
+    scale = tl.where(m == 0, 1.0, tl.where(m <= F, PHI1_SCALE, tl.where(m <= 2 * F, PHI2_SCALE, pair_scale)))
+    return ca, cb, scale
 
 
 @triton.jit
-def _features_t(xt, m, F: tl.constexpr, M: tl.constexpr, PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr,
-                PREC: tl.constexpr):
-    """Transposed features: xt [F, C] -> phi [BR, C] fp32 of rows m."""
-    a, b, scale = _feature_rows(m, F, M, PHI1_SCALE, PHI2_SCALE)
-    f = tl.arange(0, F)
-    xa = tl.dot((a[:, None] == f[None, :]).to(xt.dtype), xt, input_precision=PREC) + (a < 0).to(tl.float32)[:, None]
-    xb = tl.dot((b[:, None] == f[None, :]).to(xt.dtype), xt, input_precision=PREC) + (b < 0).to(tl.float32)[:, None]
+def _features(x, sa, sb, ca, cb, PREC: tl.constexpr):
+    """x [C, F] -> (A, B [C, BR] fp32) of rows m: phi_m(x_t) = scale_m A[t, m] B[t, m] (_selections,
+    _row_constants)."""
+    xa = tl.dot(x, sa, input_precision=PREC) + ca[None, :]
+    xb = tl.dot(x, sb, input_precision=PREC) + cb[None, :]
+    return xa, xb
+
+
+@triton.jit
+def _features_t(xt, sa_t, sb_t, ca, cb, scale, PREC: tl.constexpr):
+    """Transposed features: xt [F, C] -> phi [BR, C] fp32 of rows m (transposed _selections)."""
+    xa = tl.dot(sa_t, xt, input_precision=PREC) + ca[:, None]
+    xb = tl.dot(sb_t, xt, input_precision=PREC) + cb[:, None]
     return xa * xb * scale[:, None]
 
 
 @triton.jit
-def _features_grad(w, xa, xb, m, F: tl.constexpr, M: tl.constexpr, PHI1_SCALE: tl.constexpr,
-                   PHI2_SCALE: tl.constexpr, SEL_PREC: tl.constexpr):
+def _features_grad(w, xa, xb, sa_t, sb_t, scale, SEL_PREC: tl.constexpr):
     """d/dx_t of sum_m w[t, m] phi_m(x_t) for rows m, [C, F]: the product rule on scale_m A_m B_m."""
-    a, b, scale = _feature_rows(m, F, M, PHI1_SCALE, PHI2_SCALE)
-    f = tl.arange(0, F)
     ws = w * scale[None, :]
-    grad = tl.dot(ws * xb, (a[:, None] == f[None, :]).to(tl.float32), input_precision=SEL_PREC)
-    return tl.dot(ws * xa, (b[:, None] == f[None, :]).to(tl.float32), grad, input_precision=SEL_PREC)
+    grad = tl.dot(ws * xb, sa_t.to(tl.float32), input_precision=SEL_PREC)
+    return tl.dot(ws * xa, sb_t.to(tl.float32), grad, input_precision=SEL_PREC)
 
 
 @triton.jit
@@ -111,7 +116,7 @@ def _sequence_bounds(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
 
 @triton.jit
 def _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens, IS_VARLEN: tl.constexpr):
-    """(sequence, batch, head, first token of the sequence, its length, chunk within it, global chunk row)."""
+    """(batch, head, first token of the sequence, its length, chunk within it, global chunk row)."""
     if IS_VARLEN:
         i_n = tl.load(chunk_indices + 2 * i_c)
         i_t = tl.load(chunk_indices + 2 * i_c + 1)
@@ -123,7 +128,7 @@ def _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens, IS_VARLEN:
         row = i_n * NT + i_c
         i_h = i_bh % H
     i_b, bos, seq_len = _sequence_bounds(cu_seqlens, i_n, T, IS_VARLEN)
-    return i_n, i_b, i_h, bos, seq_len, i_t, row.to(tl.int64)
+    return i_b, i_h, bos, seq_len, i_t, row.to(tl.int64)
 
 
 @triton.jit
@@ -133,45 +138,36 @@ def _packed(M: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
-def _state_tile(h, hp, state_row, prefix_row, rows, row_mask, cols, col_mask, M, D,
-                TRANSPOSED: tl.constexpr, HAS_PREFIX: tl.constexpr):
-    """Rows x cols of a chunk's state h[state_row] plus (HAS_PREFIX) its segment's starting state, the S part of
-    the packed hp[prefix_row]; [rows, cols], or [cols, rows] when TRANSPOSED."""
+def _state_tile(h, state_row, rows, row_mask, cols, col_mask, M, D, TRANSPOSED: tl.constexpr):
+    """Rows x cols of a chunk's state h[state_row]: [rows, cols], or [cols, rows] when TRANSPOSED."""
     if TRANSPOSED:
         tile = _tile(h + state_row * M * D, 1, D, cols, col_mask, rows, row_mask)
-        if HAS_PREFIX:
-            tile = tile.to(tl.float32) + _tile(hp + prefix_row * _packed(M, D), 1, D, cols, col_mask, rows, row_mask)
     else:
         tile = _tile(h + state_row * M * D, D, 1, rows, row_mask, cols, col_mask)
-        if HAS_PREFIX:
-            tile = tile.to(tl.float32) + _tile(hp + prefix_row * _packed(M, D), D, 1, rows, row_mask, cols, col_mask)
     return tile
 
 
 @triton.jit
-def _state_norm(hz, hp, state_row, prefix_row, rows, row_mask, M, D, HAS_PREFIX: tl.constexpr):
-    """Rows of a chunk's normaliser state hz[state_row] plus (HAS_PREFIX) its segment's start, the z part of the
-    packed hp[prefix_row]."""
-    z = tl.load(hz + state_row * M + rows, mask=row_mask, other=0.0)
-    if HAS_PREFIX:
-        z += tl.load(hp + prefix_row * _packed(M, D) + M * D + rows, mask=row_mask, other=0.0)
-    return z
+def _state_norm(hz, state_row, rows, M):
+    """Rows of a chunk's normaliser state hz[state_row] (zeros past M)."""
+    return tl.load(hz + state_row * M + rows, mask=rows < M, other=0.0)
 
 
 @triton.jit
-def _chunk_state_kernel(x, y, den, r, h, hz, ends, cu_seqlens, chunk_offsets,
+def _chunk_state_kernel(x, y, inv_den, r, h, hz, starts, ends, sel, cu_seqlens, chunk_offsets,
                         sxb, sxt, sxh, sxf, syb, syt, syh, syd,
-                        T, H, NT, NSEG, SEG, eps, D: tl.constexpr,
-                        F: tl.constexpr, M: tl.constexpr, PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr,
-                        C: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
-                        IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr, STORE_END: tl.constexpr,
+                        T, H, NT, NSEG, SEG, D: tl.constexpr, F: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
+                        PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr, C: tl.constexpr, BR: tl.constexpr,
+                        BD: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr, HAS_START: tl.constexpr,
+                        STORE_H: tl.constexpr, STORE_END: tl.constexpr,
                         PREC: tl.constexpr, STATE_DT: tl.constexpr, STATE_PREC: tl.constexpr):
-    """Scan over the chunks of one segment: h[chunk] = state before the chunk, counted from the segment's start
-    (REVERSE: the reverse-time state after it, counted from the segment's end).
+    """Scan over the chunks of one segment from its starting state (HAS_START: starts[segment], else zero).
+    STORE_H: h[chunk] = the state before the chunk (REVERSE: the reverse-time state after it). STORE_END:
+    ends[segment] = the state at the segment's end. starts and ends are packed fp32 [N, NSEG, H, _packed(M, D)].
 
     Forward: x = k, y = v, weight 1 (S = sum phi(k) v^T, z = sum phi(k)). Backward (REVERSE): x = q,
-    y = do / (den + eps), weight r (dS = sum phi(q) g^T, dz = sum phi(q) r). STORE_END: ends (packed, [N, NSEG,
-    H, _packed(M, D)] fp32) gets the segment's total. The value block 0 programs own the normaliser rows.
+    y = do * inv_den, weight r (dS = sum phi(q) g^T, dz = sum phi(q) r). The value block 0 programs own the
+    normaliser rows.
     """
     i_r, i_v, i_nhs = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_nh, i_s = i_nhs // NSEG, i_nhs % NSEG
@@ -191,55 +187,62 @@ def _chunk_state_kernel(x, y, den, r, h, hz, ends, cu_seqlens, chunk_offsets,
     tile_mask = m_mask[:, None] & col_mask[None, :]
     tile_offs = m[:, None] * D + cols[None, :]
     owns_z = i_v == 0
+    sa_t, sb_t = _selections(sel, m, F, MP, True)
+    ca, cb, scale = _row_constants(m, F, M, PHI1_SCALE, PHI2_SCALE)
 
-    b_h = tl.zeros([BR, BD], dtype=tl.float32)
-    b_z = tl.zeros([BR], dtype=tl.float32)
+    segment_row = ((i_n.to(tl.int64) * NSEG + i_s) * H + i_h) * _packed(M, D)
+    if HAS_START:
+        b_h = tl.load(starts + segment_row + tile_offs, mask=tile_mask, other=0.0)
+        b_z = tl.load(starts + segment_row + M * D + m, mask=m_mask, other=0.0)
+    else:
+        b_h = tl.zeros([BR, BD], dtype=tl.float32)
+        b_z = tl.zeros([BR], dtype=tl.float32)
     x_base = x + i_b * sxb + bos * sxt + i_h * sxh
     y_base = y + i_b * syb + bos * syt + i_h * syh
-    tok_base = (i_b * T + bos) * H + i_h
+    tok_base = (i_b * H + i_h) * T + bos
     for i in range(n_chunks):
         if REVERSE:
             i_t = first_chunk + n_chunks - 1 - i
         else:
             i_t = first_chunk + i
-        row = (first_row + i_t) * H + i_h
-        tl.store(h + row * M * D + tile_offs, b_h.to(h.dtype.element_ty), mask=tile_mask)
-        if owns_z:
-            tl.store(hz + row * M + m, b_z, mask=m_mask)
+        if STORE_H:
+            row = (first_row + i_t) * H + i_h
+            tl.store(h + row * M * D + tile_offs, b_h.to(h.dtype.element_ty), mask=tile_mask)
+            if owns_z:
+                tl.store(hz + row * M + m, b_z, mask=m_mask)
 
         t = i_t * C + tl.arange(0, C)
         t_mask = t < seq_len
         xt = _tile(x_base, sxf, sxt, f, f < F, t, t_mask)                          # [F, C]
         yc = _tile(y_base, syt, syd, t, t_mask, cols, col_mask)                   # [C, BD]
-        phi = _features_t(xt, m, F, M, PHI1_SCALE, PHI2_SCALE, PREC)             # [BR, C]
-        if REVERSE:     # g = do / (den + eps): the scale goes on phi, the operand already in registers
-            inv_den = 1.0 / (tl.load(den + tok_base + t * H, mask=t_mask, other=1.0) + eps)
-            w = tl.load(r + tok_base + t * H, mask=t_mask, other=0.0)
-            b_h = tl.dot((phi * inv_den[None, :]).to(STATE_DT), yc.to(STATE_DT), b_h, input_precision=STATE_PREC)
+        phi = _features_t(xt, sa_t, sb_t, ca, cb, scale, PREC)                   # [BR, C]
+        if REVERSE:     # g = do * inv_den: the scale goes on phi, the operand already in registers
+            w_den = tl.load(inv_den + tok_base + t, mask=t_mask, other=0.0)
+            w = tl.load(r + tok_base + t, mask=t_mask, other=0.0)
+            b_h = tl.dot((phi * w_den[None, :]).to(STATE_DT), yc.to(STATE_DT), b_h, input_precision=STATE_PREC)
         else:
             w = t_mask.to(tl.float32)
             b_h = tl.dot(phi.to(STATE_DT), yc.to(STATE_DT), b_h, input_precision=STATE_PREC)
         b_z += tl.sum(phi * w[None, :], 1)
 
     if STORE_END:
-        end = ends + ((i_n.to(tl.int64) * NSEG + i_s) * H + i_h) * _packed(M, D)
-        tl.store(end + tile_offs, b_h, mask=tile_mask)
+        tl.store(ends + segment_row + tile_offs, b_h, mask=tile_mask)
         if owns_z:
-            tl.store(end + M * D + m, b_z, mask=m_mask)
+            tl.store(ends + segment_row + M * D + m, b_z, mask=m_mask)
 
 
 @triton.jit
-def _fwd_output_kernel(q, k, v, o, den, h, hz, hp, cu_seqlens, chunk_indices,
+def _fwd_output_kernel(q, k, v, o, inv_den, h, hz, sel, cu_seqlens, chunk_indices,
                        sqb, sqt, sqh, sqf, skb, skt, skh, skf, svb, svt, svh, svd, sob, sot, soh, sod,
-                       T, H, NT, NSEG, SEG, eps, D: tl.constexpr,
-                       F: tl.constexpr, M: tl.constexpr, PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr,
-                       C: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, IS_VARLEN: tl.constexpr,
-                       HAS_PREFIX: tl.constexpr, DOT_DT: tl.constexpr, STATE_DT: tl.constexpr, PREC: tl.constexpr,
-                       STATE_PREC: tl.constexpr):
-    """o and den of one chunk and value block: intra-chunk quadratic term plus phi(q) against the chunk's state."""
+                       T, H, NT, eps, D: tl.constexpr,
+                       F: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, PHI1_SCALE: tl.constexpr,
+                       PHI2_SCALE: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
+                       IS_VARLEN: tl.constexpr, DOT_DT: tl.constexpr, STATE_DT: tl.constexpr,
+                       PREC: tl.constexpr, STATE_PREC: tl.constexpr):
+    """o and inv_den = 1 / (den + eps) of one chunk and value block: intra-chunk quadratic term plus phi(q) against
+    the chunk's state."""
     i_c, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_b, i_h, bos, seq_len, i_t, row = _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens,
-                                                              IS_VARLEN)
+    i_b, i_h, bos, seq_len, i_t, row = _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens, IS_VARLEN)
     f = tl.arange(0, F)
     t = i_t * C + tl.arange(0, C)
     t_mask = t < seq_len
@@ -256,28 +259,32 @@ def _fwd_output_kernel(q, k, v, o, den, h, hz, hp, cu_seqlens, chunk_indices,
     den_c = tl.sum(a, 1)
 
     state_row = row * H + i_h
-    prefix_row = (i_n.to(tl.int64) * NSEG + i_t // SEG) * H + i_h
+    z_next = _state_norm(hz, state_row, tl.arange(0, BR), M)                          # a row block ahead
     for i_r in range(tl.cdiv(M, BR)):
         m = i_r * BR + tl.arange(0, BR)
         m_mask = m < M
-        qa, qb, scale = _features(qc, m, F, M, PHI1_SCALE, PHI2_SCALE, PREC)
+        b_z = z_next
+        z_next = _state_norm(hz, state_row, m + BR, M)
+        sa, sb = _selections(sel, m, F, MP, False)
+        ca, cb, scale = _row_constants(m, F, M, PHI1_SCALE, PHI2_SCALE)
+        qa, qb = _features(qc, sa, sb, ca, cb, PREC)
         phi = qa * qb * scale[None, :]                                                     # [C, BR]
-        b_h = _state_tile(h, hp, state_row, prefix_row, m, m_mask, cols, col_mask, M, D, False, HAS_PREFIX)
+        b_h = _state_tile(h, state_row, m, m_mask, cols, col_mask, M, D, False)
         num = tl.dot(phi.to(STATE_DT), b_h.to(STATE_DT), num, input_precision=STATE_PREC)
-        b_z = _state_norm(hz, hp, state_row, prefix_row, m, m_mask, M, D, HAS_PREFIX)
         den_c += tl.sum(phi * b_z[None, :], 1)
 
-    out = num / (den_c + eps)[:, None]
+    w_den = 1.0 / (den_c + eps)
+    out = num * w_den[:, None]
     o_ptrs = o + i_b * sob + bos * sot + i_h * soh + t[:, None] * sot + cols[None, :] * sod
     tl.store(o_ptrs, out.to(o.dtype.element_ty), mask=t_mask[:, None] & col_mask[None, :])
     if i_v == 0:
-        tl.store(den + (i_b * T + bos + t) * H + i_h, den_c, mask=t_mask)
+        tl.store(inv_den + (i_b * H + i_h) * T + bos + t, w_den, mask=t_mask)
 
 
 @triton.jit
-def _bwd_delta_kernel(o, do, den, r, sob, sot, soh, sod, sdb, sdt, sdh, sdd, T, H, D, eps,
+def _bwd_delta_kernel(o, do, inv_den, r, sob, sot, soh, sod, sdb, sdt, sdh, sdd, T, H, D,
                       BT: tl.constexpr, DP: tl.constexpr):
-    """r = -(do . o) / (den + eps) per token and head, fp32 [B, T, H]."""
+    """r = -(do . o) * inv_den per token and head, fp32 [B, H, T]."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     rows = i_t * BT + tl.arange(0, BT)
@@ -286,26 +293,24 @@ def _bwd_delta_kernel(o, do, den, r, sob, sot, soh, sod, sdb, sdt, sdh, sdd, T, 
     col_mask = cols < D
     oc = _tile(o + i_b * sob + i_h * soh, sot, sod, rows, row_mask, cols, col_mask).to(tl.float32)
     doc = _tile(do + i_b * sdb + i_h * sdh, sdt, sdd, rows, row_mask, cols, col_mask).to(tl.float32)
-    idx = (i_b * T + rows) * H + i_h
-    den_c = tl.load(den + idx, mask=row_mask, other=1.0)
-    tl.store(r + idx, -tl.sum(oc * doc, 1) / (den_c + eps), mask=row_mask)
+    idx = (i_b * H + i_h) * T + rows
+    tl.store(r + idx, -tl.sum(oc * doc, 1) * tl.load(inv_den + idx, mask=row_mask, other=0.0), mask=row_mask)
 
 
 @triton.jit
-def _bwd_dqdk_kernel(q, k, v, do, den, r, h, hz, hp, dh, dhz, dhp, dq, dk, cu_seqlens, chunk_indices,
+def _bwd_dqdk_kernel(q, k, v, do, inv_den, r, h, hz, dh, dhz, dq, dk, sel, cu_seqlens, chunk_indices,
                      sqb, sqt, sqh, sqf, skb, skt, skh, skf, svb, svt, svh, svd, sdb, sdt, sdh, sdd,
                      sgb, sgt, sgh, sgf, skgb, skgt, skgh, skgf,
-                     T, H, NT, NSEG, SEG, eps, D: tl.constexpr,
-                     F: tl.constexpr, M: tl.constexpr, PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr,
+                     T, H, NT, D: tl.constexpr,
+                     F: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, PHI1_SCALE: tl.constexpr,
+                     PHI2_SCALE: tl.constexpr,
                      C: tl.constexpr, BR: tl.constexpr, DP: tl.constexpr, IS_VARLEN: tl.constexpr,
-                     HAS_PREFIX: tl.constexpr, HAS_GRAD_PREFIX: tl.constexpr,
                      DOT_DT: tl.constexpr, STATE_DT: tl.constexpr, PREC: tl.constexpr, STATE_PREC: tl.constexpr,
                      SEL_PREC: tl.constexpr):
     """dq and dk of one chunk, all value columns at once (DP = D padded to a power of 2): intra-chunk terms plus
     d/dq [phi(q).(S g + z r)] with the chunk's starting state and d/dk [phi(k).(dS v + dz)] with its ending one."""
     i_c, i_bh = tl.program_id(0), tl.program_id(2)
-    i_n, i_b, i_h, bos, seq_len, i_t, row = _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens,
-                                                              IS_VARLEN)
+    i_b, i_h, bos, seq_len, i_t, row = _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens, IS_VARLEN)
     f = tl.arange(0, F)
     t = i_t * C + tl.arange(0, C)
     t_mask = t < seq_len
@@ -313,16 +318,16 @@ def _bwd_dqdk_kernel(q, k, v, do, den, r, h, hz, hp, dh, dhz, dhp, dq, dk, cu_se
     k_base = k + i_b * skb + bos * skt + i_h * skh
     v_base = v + i_b * svb + bos * svt + i_h * svh
     do_base = do + i_b * sdb + bos * sdt + i_h * sdh
-    tok = (i_b * T + bos + t) * H + i_h
+    tok = (i_b * H + i_h) * T + bos + t
     qc = _tile(q_base, sqt, sqf, t, t_mask, f, f < F)
     kc = _tile(k_base, skt, skf, t, t_mask, f, f < F)
     kt = _tile(k_base, skf, skt, f, f < F, t, t_mask)
-    inv_den = 1.0 / (tl.load(den + tok, mask=t_mask, other=1.0) + eps)
+    w_den = tl.load(inv_den + tok, mask=t_mask, other=0.0)
     r_c = tl.load(r + tok, mask=t_mask, other=0.0)
 
     cols = tl.arange(0, DP)
     col_mask = cols < D
-    g = _tile(do_base, sdt, sdd, t, t_mask, cols, col_mask).to(tl.float32) * inv_den[:, None]
+    g = _tile(do_base, sdt, sdd, t, t_mask, cols, col_mask).to(tl.float32) * w_den[:, None]
     vc = _tile(v_base, svt, svd, t, t_mask, cols, col_mask)
     vt = _tile(v_base, svd, svt, cols, col_mask, t, t_mask)                                  # [DP, C]
     da = tl.dot(g.to(DOT_DT), vt.to(DOT_DT), input_precision=PREC) + r_c[:, None]
@@ -332,21 +337,26 @@ def _bwd_dqdk_kernel(q, k, v, do, den, r, h, hz, hp, dh, dhz, dhp, dq, dk, cu_se
     dk_c = tl.dot(tl.trans(ds).to(DOT_DT), qc, input_precision=PREC)
 
     state_row = row * H + i_h
-    prefix_row = (i_n.to(tl.int64) * NSEG + i_t // SEG) * H + i_h
+    z_next = _state_norm(hz, state_row, tl.arange(0, BR), M)                                # a row block ahead
+    dz_next = _state_norm(dhz, state_row, tl.arange(0, BR), M)
     for i_r in range(tl.cdiv(M, BR)):
         m = i_r * BR + tl.arange(0, BR)
         m_mask = m < M
-        h_t = _state_tile(h, hp, state_row, prefix_row, m, m_mask, cols, col_mask, M, D, True, HAS_PREFIX)  # S^T
-        dh_t = _state_tile(dh, dhp, state_row, prefix_row, m, m_mask, cols, col_mask, M, D, True, HAS_GRAD_PREFIX)
-        wq = r_c[:, None] * _state_norm(hz, hp, state_row, prefix_row, m, m_mask, M, D, HAS_PREFIX)[None, :]
-        wq = tl.dot(g.to(STATE_DT), h_t.to(STATE_DT), wq, input_precision=STATE_PREC)          # [C, BR]
-        wk = (_state_norm(dhz, dhp, state_row, prefix_row, m, m_mask, M, D, HAS_GRAD_PREFIX)[None, :]
-              + tl.zeros([C, BR], dtype=tl.float32))
-        wk = tl.dot(vc.to(STATE_DT), dh_t.to(STATE_DT), wk, input_precision=STATE_PREC)
-        qa, qb, _ = _features(qc, m, F, M, PHI1_SCALE, PHI2_SCALE, PREC)
-        dq_c += _features_grad(wq, qa, qb, m, F, M, PHI1_SCALE, PHI2_SCALE, SEL_PREC)
-        ka, kb, _ = _features(kc, m, F, M, PHI1_SCALE, PHI2_SCALE, PREC)
-        dk_c += _features_grad(wk, ka, kb, m, F, M, PHI1_SCALE, PHI2_SCALE, SEL_PREC)
+        b_z, b_dz = z_next, dz_next
+        z_next = _state_norm(hz, state_row, m + BR, M)
+        dz_next = _state_norm(dhz, state_row, m + BR, M)
+        h_t = _state_tile(h, state_row, m, m_mask, cols, col_mask, M, D, True)                  # S^T [DP, BR]
+        dh_t = _state_tile(dh, state_row, m, m_mask, cols, col_mask, M, D, True)
+        wq = tl.dot(g.to(STATE_DT), h_t.to(STATE_DT), r_c[:, None] * b_z[None, :], input_precision=STATE_PREC)
+        wk = tl.dot(vc.to(STATE_DT), dh_t.to(STATE_DT), b_dz[None, :] + tl.zeros([C, BR], dtype=tl.float32),
+                    input_precision=STATE_PREC)                                                  # [C, BR]
+        sa, sb = _selections(sel, m, F, MP, False)
+        sa_t, sb_t = _selections(sel, m, F, MP, True)
+        ca, cb, scale = _row_constants(m, F, M, PHI1_SCALE, PHI2_SCALE)
+        qa, qb = _features(qc, sa, sb, ca, cb, PREC)
+        dq_c += _features_grad(wq, qa, qb, sa_t, sb_t, scale, SEL_PREC)
+        ka, kb = _features(kc, sa, sb, ca, cb, PREC)
+        dk_c += _features_grad(wk, ka, kb, sa_t, sb_t, scale, SEL_PREC)
 
     out_mask = t_mask[:, None] & (f < F)[None, :]
     tl.store(dq + i_b * sgb + (bos + t[:, None]) * sgt + i_h * sgh + f[None, :] * sgf, dq_c.to(dq.dtype.element_ty),
@@ -356,17 +366,16 @@ def _bwd_dqdk_kernel(q, k, v, do, den, r, h, hz, hp, dh, dhz, dhp, dq, dk, cu_se
 
 
 @triton.jit
-def _bwd_dv_kernel(q, k, do, den, dh, dhp, dv, cu_seqlens, chunk_indices,
+def _bwd_dv_kernel(q, k, do, inv_den, dh, dv, sel, cu_seqlens, chunk_indices,
                    sqb, sqt, sqh, sqf, skb, skt, skh, skf, sdb, sdt, sdh, sdd, swb, swt, swh, swd,
-                   T, H, NT, NSEG, SEG, eps, D: tl.constexpr,
-                   F: tl.constexpr, M: tl.constexpr, PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr,
+                   T, H, NT, D: tl.constexpr,
+                   F: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, PHI1_SCALE: tl.constexpr,
+                   PHI2_SCALE: tl.constexpr,
                    C: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, IS_VARLEN: tl.constexpr,
-                   HAS_GRAD_PREFIX: tl.constexpr, DOT_DT: tl.constexpr, STATE_DT: tl.constexpr, PREC: tl.constexpr,
-                   STATE_PREC: tl.constexpr):
+                   DOT_DT: tl.constexpr, STATE_DT: tl.constexpr, PREC: tl.constexpr, STATE_PREC: tl.constexpr):
     """dv_j = sum_{i >= j in chunk} a_ij g_i + phi(k_j) dS for one chunk and value block (dS: the chunk's end)."""
     i_c, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_b, i_h, bos, seq_len, i_t, row = _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens,
-                                                              IS_VARLEN)
+    i_b, i_h, bos, seq_len, i_t, row = _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens, IS_VARLEN)
     f = tl.arange(0, F)
     t = i_t * C + tl.arange(0, C)
     t_mask = t < seq_len
@@ -374,20 +383,21 @@ def _bwd_dv_kernel(q, k, do, den, dh, dhp, dv, cu_seqlens, chunk_indices,
     col_mask = cols < D
     kc = _tile(k + i_b * skb + bos * skt + i_h * skh, skt, skf, t, t_mask, f, f < F)
     qt = _tile(q + i_b * sqb + bos * sqt + i_h * sqh, sqf, sqt, f, f < F, t, t_mask)          # [F, C]
-    inv_den = 1.0 / (tl.load(den + (i_b * T + bos + t) * H + i_h, mask=t_mask, other=1.0) + eps)
+    w_den = tl.load(inv_den + (i_b * H + i_h) * T + bos + t, mask=t_mask, other=0.0)
     doc = _tile(do + i_b * sdb + bos * sdt + i_h * sdh, sdt, sdd, t, t_mask, cols, col_mask)
 
     s_t = tl.dot(kc, qt, input_precision=PREC)                                                # s^T [j, i]
     a_t = tl.where(t[:, None] <= t[None, :],
                    1.0 + s_t * (PHI1_SCALE * PHI1_SCALE) + s_t * s_t * (PHI2_SCALE * PHI2_SCALE), 0.0)
-    dv_c = tl.dot((a_t * inv_den[None, :]).to(DOT_DT), doc.to(DOT_DT), input_precision=PREC)   # a^T g
+    dv_c = tl.dot((a_t * w_den[None, :]).to(DOT_DT), doc.to(DOT_DT), input_precision=PREC)     # a^T g
     state_row = row * H + i_h
-    prefix_row = (i_n.to(tl.int64) * NSEG + i_t // SEG) * H + i_h
     for i_r in range(tl.cdiv(M, BR)):
         m = i_r * BR + tl.arange(0, BR)
         m_mask = m < M
-        ka, kb, scale = _features(kc, m, F, M, PHI1_SCALE, PHI2_SCALE, PREC)
-        b_dh = _state_tile(dh, dhp, state_row, prefix_row, m, m_mask, cols, col_mask, M, D, False, HAS_GRAD_PREFIX)
+        sa, sb = _selections(sel, m, F, MP, False)
+        ca, cb, scale = _row_constants(m, F, M, PHI1_SCALE, PHI2_SCALE)
+        ka, kb = _features(kc, sa, sb, ca, cb, PREC)
+        b_dh = _state_tile(dh, state_row, m, m_mask, cols, col_mask, M, D, False)
         dv_c = tl.dot((ka * kb * scale[None, :]).to(STATE_DT), b_dh.to(STATE_DT), dv_c, input_precision=STATE_PREC)
     tl.store(dv + i_b * swb + (bos + t[:, None]) * swt + i_h * swh + cols[None, :] * swd, dv_c.to(dv.dtype.element_ty),
              mask=t_mask[:, None] & col_mask[None, :])

@@ -4,8 +4,9 @@ gradients, state in/out, varlen, strided views; fresh random inputs per test."""
 import pytest
 import torch
 
-from based_kernels.linear_attention.fused import (FEATURES, LaunchConfig, linear_attention_fused,
-                                                  linear_attention_step_fused, to_compact, to_public)
+from based_kernels.linear_attention.fused import (COMPACT_FEATURES, FEATURE_TABLE_ROWS, FEATURES, LaunchConfig,
+                                                  feature_tables, linear_attention_fused, linear_attention_step_fused,
+                                                  to_compact, to_public)
 from based_kernels.linear_attention.naive import linear_attention_reference, linear_attention_step
 
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2}
@@ -107,6 +108,21 @@ def test_compact_state_layout_round_trip():
     phi[:, 17:] = (phi[:, 1:17, None] * phi[:, None, 1:17]).flatten(1)       # a symmetric quadratic part
     assert rel_err(torch.einsum("pm,bhmd->pbhd", phi, sym), torch.einsum("pm,bhmd->pbhd", phi, s)) <= 1e-6
     assert rel_err(to_public(to_compact(sym)), sym) <= 1e-6
+
+
+def test_feature_tables_select_each_rows_factors():
+    """Row 0 has no factor, rows 1-16 one (x_a), 17-32 the square x_a x_a, then each pair a != b once."""
+    f, mp = 16, FEATURE_TABLE_ROWS
+    sel = feature_tables(torch.float32, torch.device("cpu"))
+    a, b = sel[0].view(f, mp), sel[1].view(f, mp)
+    assert torch.equal(sel[2].view(mp, f), a.T) and torch.equal(sel[3].view(mp, f), b.T)
+    assert a.sum(0).tolist() == [0] + [1] * (COMPACT_FEATURES - 1) + [0] * (mp - COMPACT_FEATURES)
+    assert b.sum(0).tolist() == [0] * (1 + f) + [1] * (COMPACT_FEATURES - 1 - f) + [0] * (mp - COMPACT_FEATURES)
+    factor_a, factor_b = a.argmax(0), b.argmax(0)
+    diagonal, pair_rows = slice(1 + f, 1 + 2 * f), slice(1 + 2 * f, COMPACT_FEATURES)
+    assert factor_a[1:1 + f].tolist() == list(range(f)) and torch.equal(factor_a[diagonal], factor_b[diagonal])
+    pairs = {frozenset((int(x), int(y))) for x, y in zip(factor_a[pair_rows], factor_b[pair_rows])}
+    assert len(pairs) == f * (f - 1) // 2 and all(len(p) == 2 for p in pairs)
 
 
 @pytest.mark.parametrize("d", [24, 112])
