@@ -197,8 +197,8 @@ def test_cli_exit_codes_and_messages(tmp_path, capsys):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_interrupted_run_leaves_no_valid_looking_pair(sig, tmp_path, sample_documents):
     big = tmp_path / "big.jsonl"
-    with open(big, "w") as f:  # ~40 MB: far longer to process than the time to the signal
-        for _ in range(10):
+    with open(big, "w") as f:  # ~170 MB: far longer to process than the time to the signal (40 MB took 2 s here)
+        for _ in range(40):
             for set_name, text in sample_documents:
                 f.write(json.dumps({"text": text}) + "\n")
     process = subprocess.Popen(
@@ -210,9 +210,11 @@ def test_interrupted_run_leaves_no_valid_looking_pair(sig, tmp_path, sample_docu
         assert process.poll() is None and time.monotonic() < deadline, \
             (tmp_path / "stderr.txt").read_text()
         time.sleep(0.05)
-    time.sleep(0.3)
-    helpers = psutil.Process(process.pid).children(recursive=True)  # forkserver + workers
-    assert helpers
+    helpers = []
+    while not helpers:   # forkserver + workers: signal as soon as they exist
+        assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.txt").read_text()
+        helpers = psutil.Process(process.pid).children(recursive=True)
+        time.sleep(0.05)
     process.send_signal(sig)
     process.wait(timeout=60)
     stderr = (tmp_path / "stderr.txt").read_text()
