@@ -14,6 +14,12 @@ mkdir -p /tmp/pkgs && ln -sfn "$PWD/kernels" /tmp/pkgs/based_kernels
 export PYTHONPATH=/tmp/site:/tmp/pkgs:$PWD PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton, transformers, deepspeed, megatron.core as m; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__, 'megatron-core', m.__version__)" | tee -a "$OUT/gpu.txt"
+# what ncu profiles: one linear-attention fwd+bwd (after a compiling forward), B*T = 32768, 16 heads, D = 64, T = $1
+la_step() {
+  echo "import sys; sys.path.insert(0, 'bench'); import kernels as k, torch; \
+f = k.fwd_bwd(k.linear_attention_fused, k.la_inputs(32768 // $1, $1, 16, 64, torch.bfloat16)); f(); \
+torch.cuda.synchronize()"
+}
 for section in "$@"; do
   case "$section" in
     kernels)           # correctness, while a throw-away speed run fills Triton's cache; then the timed speed run
@@ -43,18 +49,14 @@ for section in "$@"; do
           --launch-count 6 --section SpeedOfLight --section Occupancy --section LaunchStats \
           --section MemoryWorkloadAnalysis --section WarpStateStats --section ComputeWorkloadAnalysis \
           --section SchedulerStats --section InstructionStats --section SourceCounters \
-          python3 -c "import sys; sys.path.insert(0, 'bench'); import kernels as k, torch; \
-        f = k.fwd_bwd(k.linear_attention_fused, k.la_inputs(32768 // $t, $t, 16, 64, torch.bfloat16)); f(); \
-        torch.cuda.synchronize()" > "$OUT/ncu_T$t.txt" 2>&1
+          python3 -c "$(la_step "$t")" > "$OUT/ncu_T$t.txt" 2>&1
       done ;;
-    ncu-source)        # per-SASS-instruction warp stall samples of the linear-attention kernels of one fwd+bwd, T = 2048
+    ncu-source)        # warp-stall samples per SASS instruction of the linear-attention kernels, T = 2048
       timeout 300 ncu --clock-control none --target-processes all \
         -k 'regex:_chunk_state|_fwd_output|_bwd_dqdk|_bwd_dv' --launch-skip 2 --launch-count 5 \
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section SourceCounters \
         --import-source no -f -o "$OUT/la_source" \
-        python3 -c "import sys; sys.path.insert(0, 'bench'); import kernels as k, torch; \
-        f = k.fwd_bwd(k.linear_attention_fused, k.la_inputs(16, 2048, 16, 64, torch.bfloat16)); f(); \
-        torch.cuda.synchronize()" > "$OUT/ncu_source.log" 2>&1
+        python3 -c "$(la_step 2048)" > "$OUT/ncu_source.log" 2>&1
       ncu -i "$OUT/la_source.ncu-rep" --page raw --csv > "$OUT/ncu_raw.csv" 2>&1
       ncu -i "$OUT/la_source.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_sass.csv" 2>&1
       rm -f "$OUT/la_source.ncu-rep" ;;

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kernels import LaunchConfig, fwd_bwd, la_inputs, linear_attention_fused  # noqa: E402  (bench/kernels.py)
+from based_kernels.linear_attention.fused import launch_config  # noqa: E402  (set up by bench/kernels.py)
 
 TOKENS, HEADS = 32768, 16
 SHAPES = [(2048, 64), (2048, 112), (16384, 64)]
@@ -33,6 +34,11 @@ KERNELS = {"_chunk_state_kernel": "scan (fwd + bwd)", "_fwd_output_kernel": "out
            "_bwd_dv_kernel": "dv", "_bwd_delta_kernel": "delta"}
 TILE_FIELDS = {"scan (fwd + bwd)": ("state_rows", "state_warps"), "output": ("out_rows", "out_warps"),
                "dq/dk": ("grad_rows", "grad_warps"), "dv": ("dv_rows", "dv_warps"), "delta": ()}
+
+
+def default_config(d):
+    """The launch configuration the fused call takes on CUDA at head dim d."""
+    return launch_config(d, torch.device("cuda"))
 
 
 def tile_candidates(t, d):
@@ -43,7 +49,7 @@ def tile_candidates(t, d):
 
 def stage_and_segment_candidates(t, d):
     """Around the defaults: pipeline stages of every kernel, and (T = 16384) the scan's segment length."""
-    base = LaunchConfig(state_warps=2 if d > 64 else 4)
+    base = default_config(d)
     for stages in (1, 2, 3, 4):
         yield dataclasses.replace(base, state_stages=stages, out_stages=stages, grad_stages=stages, dv_stages=stages)
     if t > 2048:
@@ -54,14 +60,14 @@ def stage_and_segment_candidates(t, d):
 def register_cap_candidates(t, d):
     """Register caps (Triton's maxnreg) on every kernel at the default tiles: 2-warp CTAs fit 8 / 6 / 5 per
     multiprocessor at 128 / 168 / 200 registers (4-warp scans: 4 / 3 / 2)."""
-    base = LaunchConfig(state_warps=2, state_stages=2) if d > 64 else LaunchConfig()
+    base = default_config(d)
     for regs in (0, 128, 168, 200):
         yield dataclasses.replace(base, state_regs=regs, out_regs=regs, grad_regs=regs, dv_regs=regs)
 
 
 def per_chunk_tile_candidates(t, d):
     """Row tiles x warps of the per-chunk kernels (output, dq/dk, dv) around the defaults; scans unchanged."""
-    base = LaunchConfig(state_warps=2, state_stages=2) if d > 64 else LaunchConfig()
+    base = default_config(d)
     for rows, warps in itertools.product((16, 32, 64), (2, 4)):
         yield dataclasses.replace(base, out_rows=rows, out_warps=warps, grad_rows=rows, grad_warps=warps,
                                   dv_rows=rows, dv_warps=warps)

@@ -2,7 +2,7 @@
 
     python -m based_kernels.linear_attention.compile_report [--arch 90] [--dtype bf16]
 
-Compiles each kernel with its default tiles (fused.LaunchConfig) for a CUDA target through triton.compile and reads
+Compiles each kernel with its CUDA default tiles (fused.launch_config) through triton.compile and reads
 the cubin's resource usage with the cuobjdump that ships with Triton. Stack > 0 means spills. Integer arguments are
 specialised as Triton does at run time for contiguous inputs of the benchmark's shapes (the innermost strides are the
 constant 1, the other integers multiples of 16), so that the report sees the same vector widths: the last columns
@@ -19,7 +19,8 @@ import triton
 
 from ..compile_report import compile_resources, loop_bodies
 from . import triton_kernels as tk
-from .fused import COMPACT_FEATURES, FEATURE_DIM, FEATURE_TABLE_ROWS, LaunchConfig, _dot_types, _feature_constants
+from .fused import (COMPACT_FEATURES, FEATURE_DIM, FEATURE_TABLE_ROWS, LaunchConfig, _dot_types,
+                    _feature_constants, launch_config)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 INPUT_POINTERS = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "x", "y"}
@@ -78,10 +79,10 @@ def kernel_variants(head_dim: int, torch_dtype: torch.dtype, cfg: LaunchConfig):
     common = dict(**_feature_constants(FEATURE_DIM), MP=FEATURE_TABLE_ROWS, D=head_dim, C=cfg.chunk, IS_VARLEN=False)
     scan = dict(common, BD=cfg.state_d, HAS_START=True, STORE_H=True, STORE_END=False, PREC=types["PREC"],
                 STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"])
-    warps, stages = (cfg.state_warps, cfg.state_stages) if head_dim <= 64 else (2, 2)    # as fused.launch_config
     for direction in ("fwd", "bwd"):
         yield (f"chunk scan {direction}", tk._chunk_state_kernel,
-               dict(scan, BR=cfg.state_rows, REVERSE=direction == "bwd"), warps, stages, cfg.state_regs)
+               dict(scan, BR=cfg.state_rows, REVERSE=direction == "bwd"), cfg.state_warps, cfg.state_stages,
+               cfg.state_regs)
     yield ("output", tk._fwd_output_kernel, dict(common, BR=cfg.out_rows, BD=cfg.block_d, **no_sel),
            cfg.out_warps, cfg.out_stages, cfg.out_regs)
     dqdk = dict(common, BR=cfg.grad_rows, DP=triton.next_power_of_2(head_dim), **types)
@@ -100,8 +101,8 @@ def main():
           f"loop body (SASS) |  (sm_{args.arch}, {args.dtype}, {COMPACT_FEATURES} state rows)")
     print("|---|---|---|---|---|---|---|---|---|")
     for head_dim in (64, 112):
-        for name, kernel, constexprs, warps, stages, regs in kernel_variants(head_dim, DTYPES[args.dtype],
-                                                                             LaunchConfig()):
+        cfg = launch_config(head_dim, torch.device("cuda"))
+        for name, kernel, constexprs, warps, stages, regs in kernel_variants(head_dim, DTYPES[args.dtype], cfg):
             res = resources(kernel, constexprs, warps, stages, args.arch, args.dtype, state_dtype, regs)
             print(f"| {name} | {head_dim} | {warps} | {res['regs']} | {res['stack']} B | {res['shared']} B | "
                   f"{res['vector_loads']} | {res['narrow_loads']} | {', '.join(map(str, res['loops']))} |")
