@@ -37,7 +37,7 @@ for section in "$@"; do
     kernels-la)        # correctness at full shapes + linear attention speed and per-kernel breakdown
       timeout 300 python3 bench/kernels.py --out "$OUT/la" --skip sweep,decode,conv,swa 2>&1 | tail -n 200 \
         > "$OUT/kernels_la.log" ;;
-    tune|tune-stages|tune-regs|tune-chunk-tiles)  # linear attention launch-configuration searches
+    tune|tune-stages|tune-regs|tune-chunk-tiles|tune-grad-tiles)  # linear attention launch-configuration searches
       search=${section#tune-}; [ "$section" = tune ] && search=tiles
       timeout 420 python3 bench/tune_linear_attention.py --out "$OUT/$section" --jobs 12 --search "$search" \
         > "$OUT/$section.log" 2>&1 ;;
@@ -53,7 +53,7 @@ for section in "$@"; do
       done ;;
     ncu-source)        # warp-stall samples per SASS instruction of the linear-attention kernels, T = 2048
       timeout 300 ncu --clock-control none --target-processes all \
-        -k 'regex:_chunk_state|_fwd_output|_bwd_dqdk|_bwd_dv' --launch-skip 2 --launch-count 5 \
+        -k 'regex:_chunk_state|_fwd_output|_bwd_grad' --launch-skip 2 --launch-count 4 \
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section SourceCounters \
         --import-source no -f -o "$OUT/la_source" \
         python3 -c "$(la_step 2048)" > "$OUT/ncu_source.log" 2>&1

@@ -4,7 +4,8 @@
 
 For every candidate LaunchConfig (--search tiles: chunk 64 / 128 x warps 2 / 4 / 8 x state-row tiles 16 / 32 / 64,
 the same choice given to every kernel; --search stages: pipeline stages 1-4 around the defaults and, at T = 16384,
-the scan's segment length; --search regs: register caps; --search chunk-tiles: the per-chunk kernels' tiles) and
+the scan's segment length; --search regs: register caps; --search chunk-tiles: the per-chunk kernels' tiles;
+--search grad-tiles: the dq/dk/dv kernel's tiles, stages and register cap) and
 shape (T = 2048 at D = 64 and 112, T = 16384 at D = 64; B*T = 32768, 16 heads, bf16), one fwd+bwd step runs under
 torch.profiler and the CUDA time of each kernel is recorded, and the step's gradients are compared with those of the
 shape's first candidate. The kernels do not share tiles, so the best configuration of each kernel can be combined:
@@ -30,10 +31,10 @@ from based_kernels.linear_attention.fused import launch_config  # noqa: E402  (s
 
 TOKENS, HEADS = 32768, 16
 SHAPES = [(2048, 64), (2048, 112), (16384, 64)]
-KERNELS = {"_chunk_state_kernel": "scan (fwd + bwd)", "_fwd_output_kernel": "output", "_bwd_dqdk_kernel": "dq/dk",
-           "_bwd_dv_kernel": "dv", "_bwd_delta_kernel": "delta"}
+KERNELS = {"_chunk_state_kernel": "scan (fwd + bwd)", "_fwd_output_kernel": "output", "_bwd_grad_kernel": "dq/dk/dv",
+           "_bwd_delta_kernel": "delta"}
 TILE_FIELDS = {"scan (fwd + bwd)": ("state_rows", "state_warps"), "output": ("out_rows", "out_warps"),
-               "dq/dk": ("grad_rows", "grad_warps"), "dv": ("dv_rows", "dv_warps"), "delta": ()}
+               "dq/dk/dv": ("grad_rows", "grad_warps"), "delta": ()}
 
 
 def default_config(d):
@@ -44,14 +45,14 @@ def default_config(d):
 def tile_candidates(t, d):
     for chunk, warps, rows in itertools.product((64, 128), (2, 4, 8), (16, 32, 64)):
         yield LaunchConfig(chunk=chunk, state_rows=rows, state_warps=warps, out_rows=rows, out_warps=warps,
-                           grad_rows=rows, grad_warps=warps, dv_rows=rows, dv_warps=warps)
+                           grad_rows=rows, grad_warps=warps)
 
 
 def stage_and_segment_candidates(t, d):
     """Around the defaults: pipeline stages of every kernel, and (T = 16384) the scan's segment length."""
     base = default_config(d)
     for stages in (1, 2, 3, 4):
-        yield dataclasses.replace(base, state_stages=stages, out_stages=stages, grad_stages=stages, dv_stages=stages)
+        yield dataclasses.replace(base, state_stages=stages, out_stages=stages, grad_stages=stages)
     if t > 2048:
         for seg in (4, 8, 16, 32, 256):
             yield dataclasses.replace(base, segment_chunks=seg)
@@ -62,19 +63,26 @@ def register_cap_candidates(t, d):
     multiprocessor at 128 / 168 / 200 registers (4-warp scans: 4 / 3 / 2)."""
     base = default_config(d)
     for regs in (0, 128, 168, 200):
-        yield dataclasses.replace(base, state_regs=regs, out_regs=regs, grad_regs=regs, dv_regs=regs)
+        yield dataclasses.replace(base, state_regs=regs, out_regs=regs, grad_regs=regs)
 
 
 def per_chunk_tile_candidates(t, d):
-    """Row tiles x warps of the per-chunk kernels (output, dq/dk, dv) around the defaults; scans unchanged."""
+    """Row tiles x warps of the per-chunk kernels (output, dq/dk/dv) around the defaults; scans unchanged."""
     base = default_config(d)
     for rows, warps in itertools.product((16, 32, 64), (2, 4)):
-        yield dataclasses.replace(base, out_rows=rows, out_warps=warps, grad_rows=rows, grad_warps=warps,
-                                  dv_rows=rows, dv_warps=warps)
+        yield dataclasses.replace(base, out_rows=rows, out_warps=warps, grad_rows=rows, grad_warps=warps)
+
+
+def grad_tile_candidates(t, d):
+    """The dq/dk/dv kernel: row tiles x warps x pipeline stages, and a register cap, around the defaults."""
+    base = default_config(d)
+    for rows, warps, stages, regs in ((16, 4, 3, 0), (16, 4, 2, 0), (16, 4, 4, 0), (32, 4, 3, 0), (16, 8, 3, 0),
+                                      (32, 8, 3, 0), (16, 4, 3, 128)):
+        yield dataclasses.replace(base, grad_rows=rows, grad_warps=warps, grad_stages=stages, grad_regs=regs)
 
 
 SEARCHES = {"tiles": tile_candidates, "stages": stage_and_segment_candidates, "regs": register_cap_candidates,
-            "chunk-tiles": per_chunk_tile_candidates}
+            "chunk-tiles": per_chunk_tile_candidates, "grad-tiles": grad_tile_candidates}
 
 
 def changed_fields(cfg):

@@ -75,7 +75,7 @@ def kernel_variants(head_dim: int, torch_dtype: torch.dtype, cfg: LaunchConfig):
     """(name, kernel, constexprs, warps, stages, register cap) of every launch of one forward + backward with the
     default tiles (the scans' second pass of segmented sequences: from a starting state, storing h)."""
     types = _dot_types(torch_dtype)
-    no_sel = {k: v for k, v in types.items() if k != "SEL_PREC"}
+    no_sel = {k: v for k, v in types.items() if not k.startswith("SEL_")}
     common = dict(**_feature_constants(FEATURE_DIM), MP=FEATURE_TABLE_ROWS, D=head_dim, C=cfg.chunk, IS_VARLEN=False)
     scan = dict(common, BD=cfg.state_d, HAS_START=True, STORE_H=True, STORE_END=False, PREC=types["PREC"],
                 STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"])
@@ -86,9 +86,7 @@ def kernel_variants(head_dim: int, torch_dtype: torch.dtype, cfg: LaunchConfig):
     yield ("output", tk._fwd_output_kernel, dict(common, BR=cfg.out_rows, BD=cfg.block_d, **no_sel),
            cfg.out_warps, cfg.out_stages, cfg.out_regs)
     dqdk = dict(common, BR=cfg.grad_rows, DP=triton.next_power_of_2(head_dim), **types)
-    yield "dq/dk", tk._bwd_dqdk_kernel, dqdk, cfg.grad_warps, cfg.grad_stages, cfg.grad_regs
-    yield ("dv", tk._bwd_dv_kernel, dict(common, BR=cfg.dv_rows, BD=cfg.block_d, **no_sel),
-           cfg.dv_warps, cfg.dv_stages, cfg.dv_regs)
+    yield "dq/dk/dv", tk._bwd_grad_kernel, dqdk, cfg.grad_warps, cfg.grad_stages, cfg.grad_regs
 
 
 def main():

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 import triton.language as tl
 
-from .triton_kernels import (_bwd_delta_kernel, _bwd_dqdk_kernel, _bwd_dv_kernel, _chunk_state_kernel,
+from .triton_kernels import (_bwd_delta_kernel, _bwd_grad_kernel, _chunk_state_kernel,
                              _fwd_output_kernel, _step_kernel)
 
 FEATURE_DIM = 16          # q/k feature dim the kernels are built for (Based's); others use the reference
@@ -23,7 +23,7 @@ class LaunchConfig:
     The defaults were picked by bench/tune_linear_attention.py on the H200 (bench/notes_kernels.md, rounds 3 and 5):
     small CTAs (2-4 warps) win, several per multiprocessor hide each other's latency."""
     chunk: int = 64           # tokens per chunk (quadratic inside)
-    block_d: int = 64         # value columns per program of the output and dv kernels (dq/dk takes all at once)
+    block_d: int = 64         # value columns per program of the output kernel (the gradient kernel takes all)
     state_rows: int = 64      # chunk scan: state tile of one program, rows ...
     state_d: int = 64         # ... and value columns
     state_warps: int = 4
@@ -32,16 +32,12 @@ class LaunchConfig:
     out_rows: int = 64
     out_warps: int = 2
     out_stages: int = 4
-    grad_rows: int = 16       # dq/dk kernel
-    grad_warps: int = 2
+    grad_rows: int = 16       # dq/dk/dv kernel
+    grad_warps: int = 4
     grad_stages: int = 3
-    dv_rows: int = 16
-    dv_warps: int = 2
-    dv_stages: int = 4
     state_regs: int = 0       # register cap per thread of each kernel (Triton's maxnreg); 0: the compiler's choice
     out_regs: int = 0
     grad_regs: int = 0
-    dv_regs: int = 128        # 8 CTAs per multiprocessor instead of 4 (round 5: 25% faster at 2k, D = 64)
 
 
 SCAN_PROGRAMS_PER_SM = 6      # a scan segment per program ... until this many programs per multiprocessor
@@ -62,16 +58,21 @@ def _next_power_of_2(n: int) -> int:
 def _dot_types(dtype: torch.dtype) -> dict:
     """Operand dtypes and input precisions of the kernels' matrix products for inputs of ``dtype``.
 
-    DOT_DT/PREC: products inside a chunk; STATE_DT/STATE_PREC: products with the state; SEL_PREC: fp32 products
+    DOT_DT/PREC: products inside a chunk; STATE_DT/STATE_PREC: products with the state; SEL_DT/SEL_PREC: products
     of the feature-map gradient. fp32 inputs use exact fp32 products (tf32 would miss the 1e-4 accuracy target).
-    fp16 inputs take the state products in tf32: the state sums over the whole sequence and can leave fp16's range.
+    fp16 inputs take the state and feature-gradient products in tf32: the state sums over the whole sequence and
+    can leave fp16's range. bf16 inputs take every product in bf16 (the feature-gradient ones in bf16 instead of
+    tf32: dq/dk 5% faster on the H200, dq's error vs fp64 3.3e-3 -> 3.5e-3; bench/notes_kernels.md, round 6).
     """
     if dtype == torch.float32:
-        return dict(DOT_DT=tl.float32, STATE_DT=tl.float32, PREC="ieee", STATE_PREC="ieee", SEL_PREC="ieee")
+        return dict(DOT_DT=tl.float32, STATE_DT=tl.float32, SEL_DT=tl.float32, PREC="ieee", STATE_PREC="ieee",
+                    SEL_PREC="ieee")
     if dtype == torch.float16:
-        return dict(DOT_DT=tl.float16, STATE_DT=tl.float32, PREC="tf32", STATE_PREC="tf32", SEL_PREC="tf32")
+        return dict(DOT_DT=tl.float16, STATE_DT=tl.float32, SEL_DT=tl.float32, PREC="tf32", STATE_PREC="tf32",
+                    SEL_PREC="tf32")
     if dtype == torch.bfloat16:
-        return dict(DOT_DT=tl.bfloat16, STATE_DT=tl.bfloat16, PREC="tf32", STATE_PREC="tf32", SEL_PREC="tf32")
+        return dict(DOT_DT=tl.bfloat16, STATE_DT=tl.bfloat16, SEL_DT=tl.bfloat16, PREC="tf32", STATE_PREC="tf32",
+                    SEL_PREC="tf32")
     raise TypeError(f"linear_attention: fused kernels take float32, float16 or bfloat16 inputs, got {dtype}")
 
 
@@ -159,10 +160,10 @@ def launch_config(head_dim: int, device: torch.device, chunk: int = 64, block_d:
     there, and fewer, larger tiles interpret faster."""
     block_d = block_d or min(64, max(16, _next_power_of_2(head_dim)))
     if device.type != "cuda":
-        return LaunchConfig(chunk=chunk, block_d=block_d, state_d=block_d, grad_rows=64, dv_rows=64)
-    tuned = dict(state_warps=2, state_stages=2) if head_dim > 64 else {}   # measured: faster scans at D = 112
+        return LaunchConfig(chunk=chunk, block_d=block_d, state_d=block_d, grad_rows=64)
+    tuned = dict(state_warps=2, state_stages=2, grad_rows=32) if head_dim > 64 else {}   # measured at D = 112
     if num_warps is not None:
-        tuned.update(state_warps=num_warps, out_warps=num_warps, grad_warps=num_warps, dv_warps=num_warps)
+        tuned.update(state_warps=num_warps, out_warps=num_warps, grad_warps=num_warps)
     return LaunchConfig(chunk=chunk, block_d=block_d, state_d=block_d, **tuned)
 
 
@@ -353,16 +354,12 @@ class LinearAttentionFunction(torch.autograd.Function):
                           want_end=ctx.has_initial)
 
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        nt = layout.chunks_per_seq
-        _bwd_dqdk_kernel[(layout.grid_chunks, 1, B * H)](
-            q, k, v, do, inv_den, r, h, hz, grad_scan.h, grad_scan.hz, dq, dk, sel, cu_seqlens, layout.indices,
-            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *dk.stride(), T, H, nt,
-            D=D, BR=cfg.grad_rows, DP=_next_power_of_2(D), SEL_PREC=types["SEL_PREC"], num_warps=cfg.grad_warps,
-            num_stages=cfg.grad_stages, maxnreg=cfg.grad_regs or None, **constants)
-        _bwd_dv_kernel[(layout.grid_chunks, _cdiv(D, cfg.block_d), B * H)](
-            q, k, do, inv_den, grad_scan.h, dv, sel, cu_seqlens, layout.indices,
-            *q.stride(), *k.stride(), *do.stride(), *dv.stride(), T, H, nt, D=D, BR=cfg.dv_rows, BD=cfg.block_d,
-            num_warps=cfg.dv_warps, num_stages=cfg.dv_stages, maxnreg=cfg.dv_regs or None, **constants)
+        _bwd_grad_kernel[(layout.grid_chunks, 1, B * H)](
+            q, k, v, do, inv_den, r, h, hz, grad_scan.h, grad_scan.hz, dq, dk, dv, sel, cu_seqlens, layout.indices,
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *dk.stride(), *dv.stride(), T, H,
+            layout.chunks_per_seq, D=D, BR=cfg.grad_rows, DP=_next_power_of_2(D), SEL_DT=types["SEL_DT"],
+            SEL_PREC=types["SEL_PREC"], num_warps=cfg.grad_warps, num_stages=cfg.grad_stages,
+            maxnreg=cfg.grad_regs or None, **constants)
 
         ds_init = dz_init = None
         if ctx.has_initial:

@@ -93,11 +93,11 @@ def _features_t(xt, sa_t, sb_t, ca, cb, scale, PREC: tl.constexpr):
 
 
 @triton.jit
-def _features_grad(w, xa, xb, sa_t, sb_t, scale, SEL_PREC: tl.constexpr):
+def _features_grad(w, xa, xb, sa_t, sb_t, scale, SEL_DT: tl.constexpr, SEL_PREC: tl.constexpr):
     """d/dx_t of sum_m w[t, m] phi_m(x_t) for rows m, [C, F]: the product rule on scale_m A_m B_m."""
     ws = w * scale[None, :]
-    grad = tl.dot(ws * xb, sa_t.to(tl.float32), input_precision=SEL_PREC)
-    return tl.dot(ws * xa, sb_t.to(tl.float32), grad, input_precision=SEL_PREC)
+    grad = tl.dot((ws * xb).to(SEL_DT), sa_t.to(SEL_DT), input_precision=SEL_PREC)
+    return tl.dot((ws * xa).to(SEL_DT), sb_t.to(SEL_DT), grad, input_precision=SEL_PREC)
 
 
 @triton.jit
@@ -298,17 +298,18 @@ def _bwd_delta_kernel(o, do, inv_den, r, sob, sot, soh, sod, sdb, sdt, sdh, sdd,
 
 
 @triton.jit
-def _bwd_dqdk_kernel(q, k, v, do, inv_den, r, h, hz, dh, dhz, dq, dk, sel, cu_seqlens, chunk_indices,
+def _bwd_grad_kernel(q, k, v, do, inv_den, r, h, hz, dh, dhz, dq, dk, dv, sel, cu_seqlens, chunk_indices,
                      sqb, sqt, sqh, sqf, skb, skt, skh, skf, svb, svt, svh, svd, sdb, sdt, sdh, sdd,
-                     sgb, sgt, sgh, sgf, skgb, skgt, skgh, skgf,
+                     sgb, sgt, sgh, sgf, skgb, skgt, skgh, skgf, svgb, svgt, svgh, svgd,
                      T, H, NT, D: tl.constexpr,
                      F: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, PHI1_SCALE: tl.constexpr,
                      PHI2_SCALE: tl.constexpr,
                      C: tl.constexpr, BR: tl.constexpr, DP: tl.constexpr, IS_VARLEN: tl.constexpr,
                      DOT_DT: tl.constexpr, STATE_DT: tl.constexpr, PREC: tl.constexpr, STATE_PREC: tl.constexpr,
-                     SEL_PREC: tl.constexpr):
-    """dq and dk of one chunk, all value columns at once (DP = D padded to a power of 2): intra-chunk terms plus
-    d/dq [phi(q).(S g + z r)] with the chunk's starting state and d/dk [phi(k).(dS v + dz)] with its ending one."""
+                     SEL_DT: tl.constexpr, SEL_PREC: tl.constexpr):
+    """dq, dk and dv of one chunk, all value columns at once (DP = D padded to a power of 2): intra-chunk terms
+    plus d/dq [phi(q).(S g + z r)] with the chunk's starting state, d/dk [phi(k).(dS v + dz)] and phi(k) dS with its
+    ending one."""
     i_c, i_bh = tl.program_id(0), tl.program_id(2)
     i_b, i_h, bos, seq_len, i_t, row = _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens, IS_VARLEN)
     f = tl.arange(0, F)
@@ -332,9 +333,12 @@ def _bwd_dqdk_kernel(q, k, v, do, inv_den, r, h, hz, dh, dhz, dq, dk, sel, cu_se
     vt = _tile(v_base, svd, svt, cols, col_mask, t, t_mask)                                  # [DP, C]
     da = tl.dot(g.to(DOT_DT), vt.to(DOT_DT), input_precision=PREC) + r_c[:, None]
     s = tl.dot(qc, kt, input_precision=PREC)
-    ds = tl.where(t[:, None] >= t[None, :], da * (PHI1_SCALE * PHI1_SCALE + 2.0 * PHI2_SCALE * PHI2_SCALE * s), 0.0)
+    causal = t[:, None] >= t[None, :]
+    ds = tl.where(causal, da * (PHI1_SCALE * PHI1_SCALE + 2.0 * PHI2_SCALE * PHI2_SCALE * s), 0.0)
     dq_c = tl.dot(ds.to(DOT_DT), kc, input_precision=PREC)
     dk_c = tl.dot(tl.trans(ds).to(DOT_DT), qc, input_precision=PREC)
+    a = tl.where(causal, 1.0 + s * (PHI1_SCALE * PHI1_SCALE) + s * s * (PHI2_SCALE * PHI2_SCALE), 0.0)
+    dv_c = tl.dot(tl.trans(a).to(DOT_DT), g.to(DOT_DT), input_precision=PREC)                # a^T g
 
     state_row = row * H + i_h
     z_next = _state_norm(hz, state_row, tl.arange(0, BR), M)                                # a row block ahead
@@ -354,53 +358,19 @@ def _bwd_dqdk_kernel(q, k, v, do, inv_den, r, h, hz, dh, dhz, dq, dk, sel, cu_se
         sa_t, sb_t = _selections(sel, m, F, MP, True)
         ca, cb, scale = _row_constants(m, F, M, PHI1_SCALE, PHI2_SCALE)
         qa, qb = _features(qc, sa, sb, ca, cb, PREC)
-        dq_c += _features_grad(wq, qa, qb, sa_t, sb_t, scale, SEL_PREC)
+        dq_c += _features_grad(wq, qa, qb, sa_t, sb_t, scale, SEL_DT, SEL_PREC)
         ka, kb = _features(kc, sa, sb, ca, cb, PREC)
-        dk_c += _features_grad(wk, ka, kb, sa_t, sb_t, scale, SEL_PREC)
+        dk_c += _features_grad(wk, ka, kb, sa_t, sb_t, scale, SEL_DT, SEL_PREC)
+        dv_c = tl.dot((ka * kb * scale[None, :]).to(STATE_DT), tl.trans(dh_t).to(STATE_DT), dv_c,
+                      input_precision=STATE_PREC)
 
     out_mask = t_mask[:, None] & (f < F)[None, :]
     tl.store(dq + i_b * sgb + (bos + t[:, None]) * sgt + i_h * sgh + f[None, :] * sgf, dq_c.to(dq.dtype.element_ty),
              mask=out_mask)
     tl.store(dk + i_b * skgb + (bos + t[:, None]) * skgt + i_h * skgh + f[None, :] * skgf,
              dk_c.to(dk.dtype.element_ty), mask=out_mask)
-
-
-@triton.jit
-def _bwd_dv_kernel(q, k, do, inv_den, dh, dv, sel, cu_seqlens, chunk_indices,
-                   sqb, sqt, sqh, sqf, skb, skt, skh, skf, sdb, sdt, sdh, sdd, swb, swt, swh, swd,
-                   T, H, NT, D: tl.constexpr,
-                   F: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, PHI1_SCALE: tl.constexpr,
-                   PHI2_SCALE: tl.constexpr,
-                   C: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr, IS_VARLEN: tl.constexpr,
-                   DOT_DT: tl.constexpr, STATE_DT: tl.constexpr, PREC: tl.constexpr, STATE_PREC: tl.constexpr):
-    """dv_j = sum_{i >= j in chunk} a_ij g_i + phi(k_j) dS for one chunk and value block (dS: the chunk's end)."""
-    i_c, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h, bos, seq_len, i_t, row = _chunk_of_program(chunk_indices, i_c, i_bh, H, T, NT, cu_seqlens, IS_VARLEN)
-    f = tl.arange(0, F)
-    t = i_t * C + tl.arange(0, C)
-    t_mask = t < seq_len
-    cols = i_v * BD + tl.arange(0, BD)
-    col_mask = cols < D
-    kc = _tile(k + i_b * skb + bos * skt + i_h * skh, skt, skf, t, t_mask, f, f < F)
-    qt = _tile(q + i_b * sqb + bos * sqt + i_h * sqh, sqf, sqt, f, f < F, t, t_mask)          # [F, C]
-    w_den = tl.load(inv_den + (i_b * H + i_h) * T + bos + t, mask=t_mask, other=0.0)
-    doc = _tile(do + i_b * sdb + bos * sdt + i_h * sdh, sdt, sdd, t, t_mask, cols, col_mask)
-
-    s_t = tl.dot(kc, qt, input_precision=PREC)                                                # s^T [j, i]
-    a_t = tl.where(t[:, None] <= t[None, :],
-                   1.0 + s_t * (PHI1_SCALE * PHI1_SCALE) + s_t * s_t * (PHI2_SCALE * PHI2_SCALE), 0.0)
-    dv_c = tl.dot((a_t * w_den[None, :]).to(DOT_DT), doc.to(DOT_DT), input_precision=PREC)     # a^T g
-    state_row = row * H + i_h
-    for i_r in range(tl.cdiv(M, BR)):
-        m = i_r * BR + tl.arange(0, BR)
-        m_mask = m < M
-        sa, sb = _selections(sel, m, F, MP, False)
-        ca, cb, scale = _row_constants(m, F, M, PHI1_SCALE, PHI2_SCALE)
-        ka, kb = _features(kc, sa, sb, ca, cb, PREC)
-        b_dh = _state_tile(dh, state_row, m, m_mask, cols, col_mask, M, D, False)
-        dv_c = tl.dot((ka * kb * scale[None, :]).to(STATE_DT), b_dh.to(STATE_DT), dv_c, input_precision=STATE_PREC)
-    tl.store(dv + i_b * swb + (bos + t[:, None]) * swt + i_h * swh + cols[None, :] * swd, dv_c.to(dv.dtype.element_ty),
-             mask=t_mask[:, None] & col_mask[None, :])
+    tl.store(dv + i_b * svgb + (bos + t[:, None]) * svgt + i_h * svgh + cols[None, :] * svgd,
+             dv_c.to(dv.dtype.element_ty), mask=t_mask[:, None] & col_mask[None, :])
 
 
 @triton.jit
