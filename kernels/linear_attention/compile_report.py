@@ -44,7 +44,7 @@ def _signature(kernel, constexprs: dict, dtype: str, state_dtype: str) -> tuple:
             signature[name] = "*" + state_dtype
         elif name in INDEX_POINTERS:
             signature[name] = "*i32"
-        elif name in ("inv_den", "r", "hz", "dhz", "starts", "ends"):
+        elif name in ("inv_den", "r", "hz", "dhz", "init", "ends"):
             signature[name] = "*fp32"
         else:
             signature[name] = "i32"
@@ -73,12 +73,13 @@ def resources(kernel, constexprs: dict, num_warps: int, num_stages: int, arch: i
 
 def kernel_variants(head_dim: int, torch_dtype: torch.dtype, cfg: LaunchConfig):
     """(name, kernel, constexprs, warps, stages, register cap) of every launch of one forward + backward with the
-    default tiles (the scans' second pass of segmented sequences: from a starting state, storing h)."""
+    default tiles (the scans' second pass of segmented sequences: from an initial state plus the earlier segments'
+    totals, storing h)."""
     types = _dot_types(torch_dtype)
     no_sel = {k: v for k, v in types.items() if not k.startswith("SEL_")}
     common = dict(**_feature_constants(FEATURE_DIM), MP=FEATURE_TABLE_ROWS, D=head_dim, C=cfg.chunk, IS_VARLEN=False)
-    scan = dict(common, BD=cfg.state_d, HAS_START=True, STORE_H=True, STORE_END=False, PREC=types["PREC"],
-                STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"])
+    scan = dict(common, BD=cfg.state_d, HAS_INIT=True, SUM_TOTALS=True, STORE_H=True, STORE_END=False,
+                PREC=types["PREC"], STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"])
     for direction in ("fwd", "bwd"):
         yield (f"chunk scan {direction}", tk._chunk_state_kernel,
                dict(scan, BR=cfg.state_rows, REVERSE=direction == "bwd"), cfg.state_warps, cfg.state_stages,

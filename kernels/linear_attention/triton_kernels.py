@@ -18,11 +18,10 @@ Two levels, like flash-linear-attention's `chunk` kernels (sequences cut into ch
      (h [chunks, H, M, D] = sum over earlier tokens of phi(k) v^T, hz [chunks, H, M] = sum phi(k)). One program per
      (row block of BR features, value block of BD columns, sequence x head x segment): the live state is one
      [BR, BD] tile, starting from the initial state when one is given. Long sequences are cut into segments of
-     SEG chunks scanned in parallel, in two passes: the first stores only each segment's total (from zero), a
-     cumulative sum on the host side gives every segment's starting state (fp32 [N, NSEG, H, _packed(M, D)]: S
-     rows then z, packed so that one torch op combines both, each row padded to 64 bytes so that tiles load as
-     16-byte vectors), the second scans again from those and stores h. So h always holds the whole state and the
-     per-chunk kernels below read it alone.
+     SEG chunks scanned in parallel, in two passes: the first stores only each segment's total (from zero; fp32
+     [N, NSEG, H, _packed(M, D)]: S rows then z, each row padded to 64 bytes so that tiles load as 16-byte
+     vectors), the second starts each segment from the initial state plus the totals before it and stores h.
+     So h always holds the whole state and the per-chunk kernels below read it alone.
      The backward runs it in reverse time on (q, g = do / (den + eps), r) for dS, dz at each chunk's END.
      (The forward stores inv_den = 1 / (den + eps), fp32 [B, H, T], for the backward; r is stored the same way.)
   2. Fully parallel kernels per chunk, from those states:
@@ -154,16 +153,18 @@ def _state_norm(hz, state_row, rows, M):
 
 
 @triton.jit
-def _chunk_state_kernel(x, y, inv_den, r, h, hz, starts, ends, sel, cu_seqlens, chunk_offsets,
+def _chunk_state_kernel(x, y, inv_den, r, h, hz, init, ends, sel, cu_seqlens, chunk_offsets,
                         sxb, sxt, sxh, sxf, syb, syt, syh, syd,
                         T, H, NT, NSEG, SEG, D: tl.constexpr, F: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
                         PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr, C: tl.constexpr, BR: tl.constexpr,
-                        BD: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr, HAS_START: tl.constexpr,
-                        STORE_H: tl.constexpr, STORE_END: tl.constexpr,
+                        BD: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr,
+                        SUM_TOTALS: tl.constexpr, STORE_H: tl.constexpr, STORE_END: tl.constexpr,
                         PREC: tl.constexpr, STATE_DT: tl.constexpr, STATE_PREC: tl.constexpr):
-    """Scan over the chunks of one segment from its starting state (HAS_START: starts[segment], else zero).
-    STORE_H: h[chunk] = the state before the chunk (REVERSE: the reverse-time state after it). STORE_END:
-    ends[segment] = the state at the segment's end. starts and ends are packed fp32 [N, NSEG, H, _packed(M, D)].
+    """Scan over the chunks of one segment from its starting state: the boundary state init[sequence] (HAS_INIT:
+    the initial state, or in reverse the final state's gradient) plus, with SUM_TOTALS, the totals of the earlier
+    segments (REVERSE: the later ones) in ends, stored by a first pass. STORE_H: h[chunk] = the state before the
+    chunk (REVERSE: the reverse-time state after it). STORE_END: ends[segment] = the state at the segment's end.
+    init and ends are packed fp32 [N, H, _packed(M, D)] and [N, NSEG, H, _packed(M, D)].
 
     Forward: x = k, y = v, weight 1 (S = sum phi(k) v^T, z = sum phi(k)). Backward (REVERSE): x = q,
     y = do * inv_den, weight r (dS = sum phi(q) g^T, dz = sum phi(q) r). The value block 0 programs own the
@@ -190,13 +191,22 @@ def _chunk_state_kernel(x, y, inv_den, r, h, hz, starts, ends, sel, cu_seqlens, 
     sa_t, sb_t = _selections(sel, m, F, MP, True)
     ca, cb, scale = _row_constants(m, F, M, PHI1_SCALE, PHI2_SCALE)
 
+    b_h = tl.zeros([BR, BD], dtype=tl.float32)
+    b_z = tl.zeros([BR], dtype=tl.float32)
+    if HAS_INIT:
+        init_row = (i_n.to(tl.int64) * H + i_h) * _packed(M, D)
+        b_h += tl.load(init + init_row + tile_offs, mask=tile_mask, other=0.0)
+        b_z += tl.load(init + init_row + M * D + m, mask=m_mask, other=0.0)
+    if SUM_TOTALS:
+        if REVERSE:
+            before, after = i_s + 1, NSEG
+        else:
+            before, after = 0, i_s
+        for i_p in range(before, after):
+            total_row = ((i_n.to(tl.int64) * NSEG + i_p) * H + i_h) * _packed(M, D)
+            b_h += tl.load(ends + total_row + tile_offs, mask=tile_mask, other=0.0)
+            b_z += tl.load(ends + total_row + M * D + m, mask=m_mask, other=0.0)
     segment_row = ((i_n.to(tl.int64) * NSEG + i_s) * H + i_h) * _packed(M, D)
-    if HAS_START:
-        b_h = tl.load(starts + segment_row + tile_offs, mask=tile_mask, other=0.0)
-        b_z = tl.load(starts + segment_row + M * D + m, mask=m_mask, other=0.0)
-    else:
-        b_h = tl.zeros([BR, BD], dtype=tl.float32)
-        b_z = tl.zeros([BR], dtype=tl.float32)
     x_base = x + i_b * sxb + bos * sxt + i_h * sxh
     y_base = y + i_b * syb + bos * syt + i_h * syh
     tok_base = (i_b * H + i_h) * T + bos

@@ -150,8 +150,10 @@ def test_bad_inputs_name_the_problem():
         linear_attention_fused(q, k, v.half())
 
 
+@pytest.mark.parametrize("segment_chunks", [3, 2])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_scan_segments_match_one_segment(with_state):
-    """Long sequences scan in parallel segments (3-chunk segments here, the last one short)."""
+def test_scan_segments_match_one_segment(with_state, segment_chunks):
+    """Long sequences scan in parallel segments (the last one short); with an even number of chunks per segment
+    the first pass takes chunks twice as long."""
     compare(torch.float32, 2, 120, 2, 24, seed=19, with_state=with_state,
-            config=LaunchConfig(chunk=16, block_d=16, segment_chunks=3))
+            config=LaunchConfig(chunk=16, block_d=16, segment_chunks=segment_chunks))
