@@ -245,9 +245,7 @@ def _scan(x, y, inv_den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, 
     stores each segment's total (from zero), and a second pass starts each segment from
     forward  P_s = S_0 + sum_{s' < s} total_s'    (boundary S_0: the initial state)
     reverse  P_s = dS_T + sum_{s' > s} total_s'   (boundary: the final state's gradient)
-    (summed in the kernel) and stores h. The first pass takes chunks twice as long when a segment has an even
-    number of chunks: it stores no per-chunk states, and the larger products are faster (bench/notes_kernels.md,
-    round 6).
+    (summed in the kernel) and stores h.
 
     Forward (reverse=False): x = k, y = v, h = state before each chunk. Backward: x = q, y = do (scaled by
     inv_den = 1 / (den + eps) in the kernel), weight r, h = gradient state after each chunk. S and z travel packed
@@ -255,7 +253,7 @@ def _scan(x, y, inv_den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, 
     """
     B, T, H, F = x.shape
     D = y.shape[-1]
-    nseg, seg = layout.segments, layout.segment_chunks
+    nseg = layout.segments
     h = x.new_empty(layout.n_rows, H, COMPACT_FEATURES, D, dtype=_state_dtype(x.dtype))
     hz = x.new_empty(layout.n_rows, H, COMPACT_FEATURES, dtype=torch.float32)
     init = None if boundary is None else _pack(*boundary)
@@ -265,23 +263,20 @@ def _scan(x, y, inv_den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, 
     types = _dot_types(x.dtype)
     grid = (_cdiv(COMPACT_FEATURES, cfg.state_rows), _cdiv(D, cfg.state_d), n_seq * H * nseg)
 
-    def scan_pass(init, sum_totals, store_h, store_end, chunk=cfg.chunk, seg=seg):
+    def scan_pass(boundary_state, sum_totals, store_h, store_end):
         _chunk_state_kernel[grid](
-            x, y, _or_dummy(inv_den, x), _or_dummy(r, x), h, hz, _or_dummy(init, x), _or_dummy(ends, x),
+            x, y, _or_dummy(inv_den, x), _or_dummy(r, x), h, hz, _or_dummy(boundary_state, x), _or_dummy(ends, x),
             feature_tables(x.dtype, x.device), cu_seqlens, layout.offsets, *x.stride(), *y.stride(), T, H,
-            layout.chunks_per_seq, nseg, seg, D=D, **_feature_constants(F), MP=FEATURE_TABLE_ROWS,
-            C=chunk, BR=cfg.state_rows, BD=cfg.state_d, IS_VARLEN=cu_seqlens is not None, REVERSE=reverse,
-            HAS_INIT=init is not None, SUM_TOTALS=sum_totals, STORE_H=store_h, STORE_END=store_end,
+            layout.chunks_per_seq, nseg, layout.segment_chunks, D=D, **_feature_constants(F), MP=FEATURE_TABLE_ROWS,
+            C=cfg.chunk, BR=cfg.state_rows, BD=cfg.state_d, IS_VARLEN=cu_seqlens is not None, REVERSE=reverse,
+            HAS_INIT=boundary_state is not None, SUM_TOTALS=sum_totals, STORE_H=store_h, STORE_END=store_end,
             PREC=types["PREC"], STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"],
             num_warps=cfg.state_warps, num_stages=cfg.state_stages, maxnreg=cfg.state_regs or None)
 
     if nseg == 1:
         scan_pass(init, sum_totals=False, store_h=True, store_end=want_end)
         return ScanResult(h, hz, _unpack(ends[:, 0], D) if want_end else None)
-    if seg % 2 == 0:
-        scan_pass(None, sum_totals=False, store_h=False, store_end=True, chunk=2 * cfg.chunk, seg=seg // 2)
-    else:
-        scan_pass(None, sum_totals=False, store_h=False, store_end=True)
+    scan_pass(None, sum_totals=False, store_h=False, store_end=True)
     scan_pass(init, sum_totals=True, store_h=True, store_end=False)
     end = None
     if want_end:

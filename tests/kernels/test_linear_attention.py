@@ -153,7 +153,6 @@ def test_bad_inputs_name_the_problem():
 @pytest.mark.parametrize("segment_chunks", [3, 2])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_scan_segments_match_one_segment(with_state, segment_chunks):
-    """Long sequences scan in parallel segments (the last one short); with an even number of chunks per segment
-    the first pass takes chunks twice as long."""
+    """Long sequences scan in parallel segments (the last one short, or not)."""
     compare(torch.float32, 2, 120, 2, 24, seed=19, with_state=with_state,
             config=LaunchConfig(chunk=16, block_d=16, segment_chunks=segment_chunks))
