@@ -293,7 +293,7 @@ def la_sweep():
                 ("scan tile 16 rows", dict(config=LaunchConfig(state_rows=16))),
                 ("scan tile 64 rows", dict(config=LaunchConfig(state_rows=64))),
                 ("output tile 64 rows", dict(config=LaunchConfig(out_rows=64))),
-                ("dq/dk tile 32 rows", dict(config=LaunchConfig(grad_rows=32))),
+                ("dq/dk/dv tile 32 rows", dict(config=LaunchConfig(grad_rows=32))),
                 ("chunk 128", dict(chunk_size=128))]
     emit("| T | D | variant | fwd+bwd | fwd |")
     emit("|---|---|---|---|---|")

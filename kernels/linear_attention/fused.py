@@ -42,7 +42,7 @@ class LaunchConfig:
 
 SCAN_PROGRAMS_PER_SM = 6      # a scan segment per program ... until this many programs per multiprocessor
 
-# Host side: a fused call issues 6-7 kernels, so its Python work is kept small (the launch plan of a shape is cached;
+# Host side: a fused call issues 5-7 kernels, so its Python work is kept small (the launch plan of a shape is cached;
 # bench/kernels.py's breakdown reports the host time per call next to the kernels' time).
 
 
