@@ -20,7 +20,7 @@ FEATURE_TABLE_ROWS = 256          # rows of the feature tables: covers the row b
 @dataclass(frozen=True)
 class LaunchConfig:
     """Tiles, warps and pipeline stages of each kernel. Rows: state rows per product (the live [rows, *] tiles).
-    The defaults were picked by bench/tune_linear_attention.py on the H200 (bench/notes_kernels.md, rounds 3 and 5):
+    The defaults were picked by bench/tune_linear_attention.py on the H200 (bench/notes_kernels.md, rounds 3, 5 and 6):
     small CTAs (2-4 warps) win, several per multiprocessor hide each other's latency."""
     chunk: int = 64           # tokens per chunk (quadratic inside)
     block_d: int = 64         # value columns per program of the output kernel (the gradient kernel takes all)

@@ -24,7 +24,8 @@ Two levels, like flash-linear-attention's `chunk` kernels (sequences cut into ch
      So h always holds the whole state and the per-chunk kernels below read it alone.
      The backward runs it in reverse time on (q, g = do / (den + eps), r) for dS, dz at each chunk's END.
      (The forward stores inv_den = 1 / (den + eps), fp32 [B, H, T], for the backward; r is stored the same way.)
-  2. Fully parallel kernels per chunk, from those states:
+  2. Fully parallel kernels per chunk, from those states (one for the output, one for all three input gradients:
+     dv shares the intra-chunk matrix, phi(k) and the dS tiles with dk):
      forward   num_i = sum_{j<=i in chunk} a_ij v_j + phi(q_i) S,  den_i = sum_j a_ij + phi(q_i).z,
                o_i = num_i / (den_i + eps),  a_ij = 1 + s_ij / sqrt(F) + s_ij^2 / (2F)
      backward  with g_i = do_i / (den_i + eps), r_i = -(do_i . o_i) / (den_i + eps):
