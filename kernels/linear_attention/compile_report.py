@@ -86,8 +86,8 @@ def kernel_variants(head_dim: int, torch_dtype: torch.dtype, cfg: LaunchConfig):
                cfg.state_regs)
     yield ("output", tk._fwd_output_kernel, dict(common, BR=cfg.out_rows, BD=cfg.block_d, **no_sel),
            cfg.out_warps, cfg.out_stages, cfg.out_regs)
-    dqdk = dict(common, BR=cfg.grad_rows, DP=triton.next_power_of_2(head_dim), **types)
-    yield "dq/dk/dv", tk._bwd_grad_kernel, dqdk, cfg.grad_warps, cfg.grad_stages, cfg.grad_regs
+    grad = dict(common, BR=cfg.grad_rows, DP=triton.next_power_of_2(head_dim), **types)
+    yield "dq/dk/dv", tk._bwd_grad_kernel, grad, cfg.grad_warps, cfg.grad_stages, cfg.grad_regs
 
 
 def main():

@@ -325,11 +325,6 @@ class LinearAttentionFunction(torch.autograd.Function):
         cfg, layout, n_seq = ctx.cfg, ctx.layout, ctx.n_seq
         B, T, H, F = q.shape
         D = v.shape[-1]
-        types = _dot_types(q.dtype)
-        sel = feature_tables(q.dtype, q.device)
-        constants = dict(**_feature_constants(F), MP=FEATURE_TABLE_ROWS, C=cfg.chunk, IS_VARLEN=cu_seqlens is not None,
-                         DOT_DT=types["DOT_DT"], STATE_DT=types["STATE_DT"], PREC=types["PREC"],
-                         STATE_PREC=types["STATE_PREC"])
 
         r = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
         block_t = 32
@@ -345,11 +340,12 @@ class LinearAttentionFunction(torch.autograd.Function):
 
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         _bwd_grad_kernel[(layout.grid_chunks, 1, B * H)](
-            q, k, v, do, inv_den, r, h, hz, grad_scan.h, grad_scan.hz, dq, dk, dv, sel, cu_seqlens, layout.indices,
-            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *dk.stride(), *dv.stride(), T, H,
-            layout.chunks_per_seq, D=D, BR=cfg.grad_rows, DP=_next_power_of_2(D), SEL_DT=types["SEL_DT"],
-            SEL_PREC=types["SEL_PREC"], num_warps=cfg.grad_warps, num_stages=cfg.grad_stages,
-            maxnreg=cfg.grad_regs or None, **constants)
+            q, k, v, do, inv_den, r, h, hz, grad_scan.h, grad_scan.hz, dq, dk, dv, feature_tables(q.dtype, q.device),
+            cu_seqlens, layout.indices, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
+            *dk.stride(), *dv.stride(), T, H, layout.chunks_per_seq, D=D, **_feature_constants(F),
+            MP=FEATURE_TABLE_ROWS, C=cfg.chunk, BR=cfg.grad_rows, DP=_next_power_of_2(D),
+            IS_VARLEN=cu_seqlens is not None, **_dot_types(q.dtype), num_warps=cfg.grad_warps,
+            num_stages=cfg.grad_stages, maxnreg=cfg.grad_regs or None)
 
         ds_init = dz_init = None
         if ctx.has_initial:
