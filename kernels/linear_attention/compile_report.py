@@ -77,16 +77,17 @@ def kernel_variants(head_dim: int, torch_dtype: torch.dtype, cfg: LaunchConfig):
     totals, storing h)."""
     types = _dot_types(torch_dtype)
     no_sel = {k: v for k, v in types.items() if not k.startswith("SEL_")}
-    common = dict(**_feature_constants(FEATURE_DIM), MP=FEATURE_TABLE_ROWS, D=head_dim, C=cfg.chunk, IS_VARLEN=False)
+    common = dict(F=FEATURE_DIM, M=COMPACT_FEATURES, MP=FEATURE_TABLE_ROWS, D=head_dim, C=cfg.chunk, IS_VARLEN=False)
+    per_chunk = dict(common, **_feature_constants(FEATURE_DIM))
     scan = dict(common, BD=cfg.state_d, HAS_INIT=True, SUM_TOTALS=True, STORE_H=True, STORE_END=False,
                 PREC=types["PREC"], STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"])
     for direction in ("fwd", "bwd"):
         yield (f"chunk scan {direction}", tk._chunk_state_kernel,
                dict(scan, BR=cfg.state_rows, REVERSE=direction == "bwd"), cfg.state_warps, cfg.state_stages,
                cfg.state_regs)
-    yield ("output", tk._fwd_output_kernel, dict(common, BR=cfg.out_rows, BD=cfg.block_d, **no_sel),
+    yield ("output", tk._fwd_output_kernel, dict(per_chunk, BR=cfg.out_rows, BD=cfg.block_d, **no_sel),
            cfg.out_warps, cfg.out_stages, cfg.out_regs)
-    grad = dict(common, BR=cfg.grad_rows, DP=triton.next_power_of_2(head_dim), **types)
+    grad = dict(per_chunk, BR=cfg.grad_rows, DP=triton.next_power_of_2(head_dim), **types)
     yield "dq/dk/dv", tk._bwd_grad_kernel, grad, cfg.grad_warps, cfg.grad_stages, cfg.grad_regs
 
 

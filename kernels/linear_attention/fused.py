@@ -35,7 +35,8 @@ class LaunchConfig:
     grad_rows: int = 16       # dq/dk/dv kernel
     grad_warps: int = 4
     grad_stages: int = 3
-    state_regs: int = 0       # register cap per thread of each kernel (Triton's maxnreg); 0: the compiler's choice
+    state_regs: int = 168     # register cap per thread of each kernel (Triton's maxnreg); 0: the compiler's choice
+                              # (the scans at 168: 3 CTAs per SM instead of 2, no spills; round 7)
     out_regs: int = 0
     grad_regs: int = 0
 
@@ -90,9 +91,10 @@ def _pair_indices(device) -> tuple:
 
 @functools.lru_cache
 def feature_tables(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The factors of the kernels' compact feature rows, phi_m(x) = scale_m x_{a_m} x_{b_m} (triton_kernels'
-    docstring), as the one-hot selections they load: [4, F * MP] in the input dtype, A[f, m] = (f == a_m) and
-    B[f, m] = (f == b_m) ([F, MP]; all zero for a row without that factor), then their transposes [MP, F]."""
+    """The factors of the kernels' compact feature rows, phi_m(x) = A_m(x) B_m(x) with A_m = scale_m x_{a_m} and
+    B_m = x_{b_m} (triton_kernels' docstring), as the selections they load: [6, F * MP] in the input dtype, A of the
+    q side, A of the k side and B ([F, MP]: A[f, m] = scale_m where f = a_m, B[f, m] = 1 where f = b_m; all zero
+    for a row without that factor), then the three transposed ([MP, F])."""
     f, mp = FEATURE_DIM, FEATURE_TABLE_ROWS
     a = torch.full((mp,), -1)
     b = torch.full((mp,), -1)
@@ -100,17 +102,29 @@ def feature_tables(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     a[lin] = torch.arange(f)
     a[diag] = b[diag] = torch.arange(f)
     a[pair], b[pair] = _pair_indices("cpu")
-    one_hot_a = torch.arange(f)[:, None] == a[None, :]
-    one_hot_b = torch.arange(f)[:, None] == b[None, :]
-    sel = torch.stack([one_hot_a.flatten(), one_hot_b.flatten(), one_hot_a.T.flatten(), one_hot_b.T.flatten()])
-    return sel.to(device=device, dtype=dtype)
+    consts = _feature_constants(f)
+    scale_q = torch.zeros(mp, dtype=torch.float64)
+    scale_q[lin] = consts["PHI1_SCALE"]
+    scale_q[diag] = scale_q[pair] = consts["PHI2_SCALE"] * 2 ** 0.5
+    scale_k = scale_q.clone()
+    scale_k[diag] = consts["PHI2_SCALE"] * 0.5 ** 0.5
+    selects_a = (torch.arange(f)[:, None] == a[None, :]).double()
+    a_q, a_k = selects_a * scale_q, selects_a * scale_k
+    b_sel = (torch.arange(f)[:, None] == b[None, :]).double()
+    tables = [a_q, a_k, b_sel]
+    return torch.stack([t.flatten() for t in tables + [t.T for t in tables]]).to(device=device, dtype=dtype)
 
 
-def to_compact(x: torch.Tensor) -> torch.Tensor:
-    """Public state rows (273, dim -2 of S or -1 of z) -> kernel rows (153): phi(q).x is unchanged for every q.
+# The kernels' states are sums of phi_k(k) v^T (triton_kernels' docstring): their diagonal quadratic rows are the
+# public ones times DIAGONAL_STATE_SCALE, and the gradients of those rows the public ones divided by it.
+DIAGONAL_STATE_SCALE = 0.5 ** 0.5
 
-    The quadratic rows X[a*F+b] become diagonal X[a*F+a] and pairs (X[a*F+b] + X[b*F+a]) / sqrt(2). Also maps a
-    gradient of the public final state to the gradient of the kernels' final state (the same linear map).
+
+def to_compact(x: torch.Tensor, gradient: bool = False) -> torch.Tensor:
+    """Public state rows (273, dim -2 of S or -1 of z) -> kernel rows (153), phi_q(q).x unchanged for every q:
+    the quadratic rows X[a*F+b] become diagonal X[a*F+a] * DIAGONAL_STATE_SCALE and pairs
+    (X[a*F+b] + X[b*F+a]) / sqrt(2). With ``gradient``: the gradient of a public state (the final state's) ->
+    the gradient of the kernels' state, the diagonal divided by DIAGONAL_STATE_SCALE instead.
     """
     z_like = x.dim() == 3
     rows = x if z_like else x.transpose(-1, -2)                 # [..., D, 273] or [N, H, 273]
@@ -118,20 +132,24 @@ def to_compact(x: torch.Tensor) -> torch.Tensor:
     a, b = _pair_indices(x.device)
     quad = rows[..., 1 + f:]
     diag = quad[..., torch.arange(f, device=x.device) * (f + 1)]
+    diag = diag / DIAGONAL_STATE_SCALE if gradient else diag * DIAGONAL_STATE_SCALE
     pairs = (quad[..., a * f + b] + quad[..., b * f + a]) * 0.5 ** 0.5
     out = torch.cat([rows[..., :1 + f], diag, pairs], dim=-1)
     return (out if z_like else out.transpose(-1, -2)).float().contiguous()
 
 
-def to_public(x: torch.Tensor) -> torch.Tensor:
-    """Kernel rows (153) -> public rows (273), the transpose of to_compact's map (states out, initial-state grads)."""
+def to_public(x: torch.Tensor, gradient: bool = False) -> torch.Tensor:
+    """Kernel rows (153) -> public rows (273), the inverse of to_compact on the symmetric part (states out);
+    with ``gradient``, of to_compact(gradient=True) (the initial state's gradient)."""
     z_like = x.dim() == 3
     rows = x if z_like else x.transpose(-1, -2)
     f = FEATURE_DIM
     a, b = _pair_indices(x.device)
     n_pairs = a.shape[0]
     quad = rows.new_zeros(*rows.shape[:-1], f * f)
-    quad[..., torch.arange(f, device=x.device) * (f + 1)] = rows[..., 1 + f:1 + 2 * f]
+    diag = rows[..., 1 + f:1 + 2 * f]
+    diag = diag * DIAGONAL_STATE_SCALE if gradient else diag / DIAGONAL_STATE_SCALE
+    quad[..., torch.arange(f, device=x.device) * (f + 1)] = diag
     pairs = rows[..., 1 + 2 * f:1 + 2 * f + n_pairs] * 0.5 ** 0.5
     quad[..., a * f + b] = pairs
     quad[..., b * f + a] = pairs
@@ -161,7 +179,7 @@ def launch_config(head_dim: int, device: torch.device, chunk: int = 64, block_d:
     block_d = block_d or min(64, max(16, _next_power_of_2(head_dim)))
     if device.type != "cuda":
         return LaunchConfig(chunk=chunk, block_d=block_d, state_d=block_d, grad_rows=64)
-    tuned = dict(state_warps=2, state_stages=2, grad_rows=32) if head_dim > 64 else {}   # measured at D = 112
+    tuned = dict(state_warps=2, state_stages=2, state_regs=0, grad_rows=32) if head_dim > 64 else {}  # at D = 112
     if num_warps is not None:
         tuned.update(state_warps=num_warps, out_warps=num_warps, grad_warps=num_warps)
     return LaunchConfig(chunk=chunk, block_d=block_d, state_d=block_d, **tuned)
@@ -267,7 +285,7 @@ def _scan(x, y, inv_den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, 
         _chunk_state_kernel[grid](
             x, y, _or_dummy(inv_den, x), _or_dummy(r, x), h, hz, _or_dummy(boundary_state, x), _or_dummy(ends, x),
             feature_tables(x.dtype, x.device), cu_seqlens, layout.offsets, *x.stride(), *y.stride(), T, H,
-            layout.chunks_per_seq, nseg, layout.segment_chunks, D=D, **_feature_constants(F), MP=FEATURE_TABLE_ROWS,
+            layout.chunks_per_seq, nseg, layout.segment_chunks, D=D, F=F, M=COMPACT_FEATURES, MP=FEATURE_TABLE_ROWS,
             C=cfg.chunk, BR=cfg.state_rows, BD=cfg.state_d, IS_VARLEN=cu_seqlens is not None, REVERSE=reverse,
             HAS_INIT=boundary_state is not None, SUM_TOTALS=sum_totals, STORE_H=store_h, STORE_END=store_end,
             PREC=types["PREC"], STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"],
@@ -333,8 +351,8 @@ class LinearAttentionFunction(torch.autograd.Function):
 
         final_grad = None
         if ds_final is not None or dz_final is not None:
-            final_grad = (to_compact(_zeros_if_none(ds_final, (n_seq, H, FEATURES, D), q)),
-                          to_compact(_zeros_if_none(dz_final, (n_seq, H, FEATURES), q)))
+            final_grad = (to_compact(_zeros_if_none(ds_final, (n_seq, H, FEATURES, D), q), gradient=True),
+                          to_compact(_zeros_if_none(dz_final, (n_seq, H, FEATURES), q), gradient=True))
         grad_scan = _scan(q, do, inv_den, r, cfg, layout, cu_seqlens, n_seq, reverse=True, boundary=final_grad,
                           want_end=ctx.has_initial)
 
@@ -349,7 +367,7 @@ class LinearAttentionFunction(torch.autograd.Function):
 
         ds_init = dz_init = None
         if ctx.has_initial:
-            ds_init, dz_init = to_public(grad_scan.end[0]), to_public(grad_scan.end[1])
+            ds_init, dz_init = (to_public(x, gradient=True) for x in grad_scan.end)
             if final_grad is not None:
                 ds_init = ds_init + invisible_part(_zeros_if_none(ds_final, ds_init.shape, q))
                 dz_init = dz_init + invisible_part(_zeros_if_none(dz_final, dz_init.shape, q))

@@ -1,16 +1,20 @@
 """Triton kernels of the chunked causal Taylor linear attention (feature dim F = 16), two-level scheme.
 
 Feature map (naive.py): phi(x) = [1, x * PHI1_SCALE, vec(x x^T) * PHI2_SCALE], PHI1_SCALE = F**-0.25,
-PHI2_SCALE = (2F)**-0.5. vec(x x^T) is symmetric, so the kernels use the compact, equivalent map of M = 153 rows
+PHI2_SCALE = (2F)**-0.5. vec(x x^T) is symmetric, so the kernels use a compact, equivalent map of M = 153 rows
     m = 0:              1
     m = 1 .. F:         x_{m-1} * PHI1_SCALE                               (linear)
-    m = F+1 .. 2F:      x_a^2 * PHI2_SCALE,  a = m-1-F                     (diagonal)
+    m = F+1 .. 2F:      x_a^2 * PHI2_SCALE * sqrt(2)  for q,               (diagonal)
+                        x_a^2 * PHI2_SCALE / sqrt(2)  for k,  a = m-1-F
     m = 2F+1 .. M-1:    x_a x_b * PHI2_SCALE * sqrt(2), pair p = m-1-2F,   (the F(F-1)/2 = 120 pairs a != b)
                         a = p % F, b = (a + p // F + 1) % F
-with the same dot products phi(q).phi(k) = 1 + s / sqrt(F) + s^2 / (2F), s = q.k. Every row is
-phi_m(x) = scale_m * A_m(x) * B_m(x), A_m = x_{a_m} (or 1), B_m = x_{b_m} (or 1): a block of BR rows is two
-selection products x @ sel. The kernels load the one-hot selections from a table (fused.feature_tables) rather
-than derive them from m: deriving them cost a third of every loop's instructions.
+with the same dot products phi_q(q).phi_k(k) = 1 + s / sqrt(F) + s^2 / (2F), s = q.k. (The diagonal rows' scale is
+split unevenly between q and k so that at F = 16 every scale is a power of 2, exact in bf16 tables: 1/2, 1/4 and
+1/8. The kernels' states are sums of phi_k(k) v^T: their diagonal rows are the public ones / sqrt(2).) Every row
+is phi_m(x) = A_m(x) * B_m(x) with A_m = scale_m x_{a_m} (or 1) and B_m = x_{b_m} (or 1): a block of BR rows is
+two selection products x @ sel, the row's constant factor 1 their accumulator. The kernels load the selections
+(scale included) from a table (fused.feature_tables) rather than derive them from m: deriving them cost a third of
+every loop's instructions.
 fused.py converts states between this layout and the public 273-row one.
 
 Two levels, like flash-linear-attention's `chunk` kernels (sequences cut into chunks of C tokens):
@@ -51,53 +55,54 @@ def _tile(ptr, row_stride, col_stride, rows, row_mask, cols, col_mask):
     return tl.load(ptrs, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
 
 
+SEL_A_Q = tl.constexpr(0)      # tables of fused.feature_tables: A of the q side, A of the k side, B
+SEL_A_K = tl.constexpr(1)
+SEL_B = tl.constexpr(2)
+
+
 @triton.jit
-def _selections(sel, m, F: tl.constexpr, MP: tl.constexpr, TRANSPOSED: tl.constexpr):
-    """One-hot selections of the factors of rows m, loaded from fused.feature_tables: sa, sb [F, BR] in the operand
-    dtype (sa[f, m] = 1 where f = a_m), or [BR, F] when TRANSPOSED. Matrix-product operands: the pipeliner
-    prefetches them with the state tiles."""
+def _selection(sel, table: tl.constexpr, m, F: tl.constexpr, MP: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """The factor selections of rows m from fused.feature_tables, in the operand dtype: table SEL_A_Q / SEL_A_K
+    (A[f, m] = scale_m where f = a_m) or SEL_B (B[f, m] = 1 where f = b_m), [F, BR], or [BR, F] when TRANSPOSED.
+    Matrix-product operands: the pipeliner prefetches them with the state tiles."""
     f = tl.arange(0, F)
     if TRANSPOSED:
-        offs = 2 * F * MP + m[:, None] * F + f[None, :]
+        offs = (3 + table) * F * MP + m[:, None] * F + f[None, :]
     else:
-        offs = f[:, None] * MP + m[None, :]
-    return tl.load(sel + offs), tl.load(sel + F * MP + offs)
+        offs = table * F * MP + f[:, None] * MP + m[None, :]
+    return tl.load(sel + offs)
 
 
 @triton.jit
-def _row_constants(m, F: tl.constexpr, M: tl.constexpr, PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr):
-    """For rows m [BR]: the factor 1 of rows without a (ca: the constant row) and without b (cb: the constant and
-    linear rows), and scale_m (0 for rows >= M)."""
-    ca = (m == 0).to(tl.float32)
-    cb = (m <= F).to(tl.float32)
-    pair_scale = tl.where(m < M, PHI2_SCALE * SQRT2, 0.0)
-    scale = tl.where(m == 0, 1.0, tl.where(m <= F, PHI1_SCALE, tl.where(m <= 2 * F, PHI2_SCALE, pair_scale)))
-    return ca, cb, scale
+def _row_constants(m, F: tl.constexpr):
+    """For rows m [BR]: the factor 1 of the rows without a (ca: the constant row) and without b (cb: the constant
+    and linear rows)."""
+    return (m == 0).to(tl.float32), (m <= F).to(tl.float32)
 
 
 @triton.jit
 def _features(x, sa, sb, ca, cb, PREC: tl.constexpr):
-    """x [C, F] -> (A, B [C, BR] fp32) of rows m: phi_m(x_t) = scale_m A[t, m] B[t, m] (_selections,
-    _row_constants)."""
-    xa = tl.dot(x, sa, input_precision=PREC) + ca[None, :]
-    xb = tl.dot(x, sb, input_precision=PREC) + cb[None, :]
+    """x [C, F] -> (A, B [C, BR] fp32) of rows m: phi_m(x_t) = A[t, m] B[t, m] (_selection, _row_constants)."""
+    ones = tl.zeros([x.shape[0], sa.shape[1]], dtype=tl.float32)
+    xa = tl.dot(x, sa, ones + ca[None, :], input_precision=PREC)
+    xb = tl.dot(x, sb, ones + cb[None, :], input_precision=PREC)
     return xa, xb
 
 
 @triton.jit
-def _features_t(xt, sa_t, sb_t, ca, cb, scale, PREC: tl.constexpr):
-    """Transposed features: xt [F, C] -> phi [BR, C] fp32 of rows m (transposed _selections)."""
-    xa = tl.dot(sa_t, xt, input_precision=PREC) + ca[:, None]
-    xb = tl.dot(sb_t, xt, input_precision=PREC) + cb[:, None]
-    return xa * xb * scale[:, None]
+def _features_t(xt, sa_t, sb_t, ca, cb, PREC: tl.constexpr):
+    """Transposed features: xt [F, C] -> phi [BR, C] fp32 of rows m (transposed _selection)."""
+    ones = tl.zeros([sa_t.shape[0], xt.shape[1]], dtype=tl.float32)
+    xa = tl.dot(sa_t, xt, ones + ca[:, None], input_precision=PREC)
+    xb = tl.dot(sb_t, xt, ones + cb[:, None], input_precision=PREC)
+    return xa * xb
 
 
 @triton.jit
-def _features_grad(w, xa, xb, sa_t, sb_t, scale, SEL_DT: tl.constexpr, SEL_PREC: tl.constexpr):
-    """d/dx_t of sum_m w[t, m] phi_m(x_t) for rows m, [C, F]: the product rule on scale_m A_m B_m."""
-    ws = w * scale[None, :]
-    grad = tl.dot((ws * xb).to(SEL_DT), sa_t.to(SEL_DT), input_precision=SEL_PREC)
-    return tl.dot((ws * xa).to(SEL_DT), sb_t.to(SEL_DT), grad, input_precision=SEL_PREC)
+def _features_grad(w, xa, xb, sa_t, sb_t, SEL_DT: tl.constexpr, SEL_PREC: tl.constexpr):
+    """d/dx_t of sum_m w[t, m] phi_m(x_t) for rows m, [C, F]: the product rule on A_m B_m."""
+    grad = tl.dot((w * xb).to(SEL_DT), sa_t.to(SEL_DT), input_precision=SEL_PREC)
+    return tl.dot((w * xa).to(SEL_DT), sb_t.to(SEL_DT), grad, input_precision=SEL_PREC)
 
 
 @triton.jit
@@ -157,7 +162,7 @@ def _state_norm(hz, state_row, rows, M):
 def _chunk_state_kernel(x, y, inv_den, r, h, hz, init, ends, sel, cu_seqlens, chunk_offsets,
                         sxb, sxt, sxh, sxf, syb, syt, syh, syd,
                         T, H, NT, NSEG, SEG, D: tl.constexpr, F: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
-                        PHI1_SCALE: tl.constexpr, PHI2_SCALE: tl.constexpr, C: tl.constexpr, BR: tl.constexpr,
+                        C: tl.constexpr, BR: tl.constexpr,
                         BD: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr,
                         SUM_TOTALS: tl.constexpr, STORE_H: tl.constexpr, STORE_END: tl.constexpr,
                         PREC: tl.constexpr, STATE_DT: tl.constexpr, STATE_PREC: tl.constexpr):
@@ -189,8 +194,9 @@ def _chunk_state_kernel(x, y, inv_den, r, h, hz, init, ends, sel, cu_seqlens, ch
     tile_mask = m_mask[:, None] & col_mask[None, :]
     tile_offs = m[:, None] * D + cols[None, :]
     owns_z = i_v == 0
-    sa_t, sb_t = _selections(sel, m, F, MP, True)
-    ca, cb, scale = _row_constants(m, F, M, PHI1_SCALE, PHI2_SCALE)
+    sa_t = _selection(sel, SEL_A_Q if REVERSE else SEL_A_K, m, F, MP, True)
+    sb_t = _selection(sel, SEL_B, m, F, MP, True)
+    ca, cb = _row_constants(m, F)
 
     b_h = tl.zeros([BR, BD], dtype=tl.float32)
     b_z = tl.zeros([BR], dtype=tl.float32)
@@ -226,7 +232,7 @@ def _chunk_state_kernel(x, y, inv_den, r, h, hz, init, ends, sel, cu_seqlens, ch
         t_mask = t < seq_len
         xt = _tile(x_base, sxf, sxt, f, f < F, t, t_mask)                          # [F, C]
         yc = _tile(y_base, syt, syd, t, t_mask, cols, col_mask)                   # [C, BD]
-        phi = _features_t(xt, sa_t, sb_t, ca, cb, scale, PREC)                   # [BR, C]
+        phi = _features_t(xt, sa_t, sb_t, ca, cb, PREC)                          # [BR, C]
         if REVERSE:     # g = do * inv_den: the scale goes on phi, the operand already in registers
             w_den = tl.load(inv_den + tok_base + t, mask=t_mask, other=0.0)
             w = tl.load(r + tok_base + t, mask=t_mask, other=0.0)
@@ -276,10 +282,11 @@ def _fwd_output_kernel(q, k, v, o, inv_den, h, hz, sel, cu_seqlens, chunk_indice
         m_mask = m < M
         b_z = z_next
         z_next = _state_norm(hz, state_row, m + BR, M)
-        sa, sb = _selections(sel, m, F, MP, False)
-        ca, cb, scale = _row_constants(m, F, M, PHI1_SCALE, PHI2_SCALE)
+        sa = _selection(sel, SEL_A_Q, m, F, MP, False)
+        sb = _selection(sel, SEL_B, m, F, MP, False)
+        ca, cb = _row_constants(m, F)
         qa, qb = _features(qc, sa, sb, ca, cb, PREC)
-        phi = qa * qb * scale[None, :]                                                     # [C, BR]
+        phi = qa * qb                                                                       # [C, BR]
         b_h = _state_tile(h, state_row, m, m_mask, cols, col_mask, M, D, False)
         num = tl.dot(phi.to(STATE_DT), b_h.to(STATE_DT), num, input_precision=STATE_PREC)
         den_c += tl.sum(phi * b_z[None, :], 1)
@@ -365,15 +372,14 @@ def _bwd_grad_kernel(q, k, v, do, inv_den, r, h, hz, dh, dhz, dq, dk, dv, sel, c
         wq = tl.dot(g.to(STATE_DT), h_t.to(STATE_DT), r_c[:, None] * b_z[None, :], input_precision=STATE_PREC)
         wk = tl.dot(vc.to(STATE_DT), dh_t.to(STATE_DT), b_dz[None, :] + tl.zeros([C, BR], dtype=tl.float32),
                     input_precision=STATE_PREC)                                                  # [C, BR]
-        sa, sb = _selections(sel, m, F, MP, False)
-        sa_t, sb_t = _selections(sel, m, F, MP, True)
-        ca, cb, scale = _row_constants(m, F, M, PHI1_SCALE, PHI2_SCALE)
-        qa, qb = _features(qc, sa, sb, ca, cb, PREC)
-        dq_c += _features_grad(wq, qa, qb, sa_t, sb_t, scale, SEL_DT, SEL_PREC)
-        ka, kb = _features(kc, sa, sb, ca, cb, PREC)
-        dk_c += _features_grad(wk, ka, kb, sa_t, sb_t, scale, SEL_DT, SEL_PREC)
-        dv_c = tl.dot((ka * kb * scale[None, :]).to(STATE_DT), tl.trans(dh_t).to(STATE_DT), dv_c,
-                      input_precision=STATE_PREC)
+        sb = _selection(sel, SEL_B, m, F, MP, False)
+        sb_t = _selection(sel, SEL_B, m, F, MP, True)
+        ca, cb = _row_constants(m, F)
+        qa, qb = _features(qc, _selection(sel, SEL_A_Q, m, F, MP, False), sb, ca, cb, PREC)
+        dq_c += _features_grad(wq, qa, qb, _selection(sel, SEL_A_Q, m, F, MP, True), sb_t, SEL_DT, SEL_PREC)
+        ka, kb = _features(kc, _selection(sel, SEL_A_K, m, F, MP, False), sb, ca, cb, PREC)
+        dk_c += _features_grad(wk, ka, kb, _selection(sel, SEL_A_K, m, F, MP, True), sb_t, SEL_DT, SEL_PREC)
+        dv_c = tl.dot((ka * kb).to(STATE_DT), tl.trans(dh_t).to(STATE_DT), dv_c, input_precision=STATE_PREC)
 
     out_mask = t_mask[:, None] & (f < F)[None, :]
     tl.store(dq + i_b * sgb + (bos + t[:, None]) * sgt + i_h * sgh + f[None, :] * sgf, dq_c.to(dq.dtype.element_ty),

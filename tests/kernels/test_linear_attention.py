@@ -111,18 +111,32 @@ def test_compact_state_layout_round_trip():
 
 
 def test_feature_tables_select_each_rows_factors():
-    """Row 0 has no factor, rows 1-16 one (x_a), 17-32 the square x_a x_a, then each pair a != b once."""
-    f, mp = 16, FEATURE_TABLE_ROWS
+    """Row 0 has no factor, rows 1-16 one (x_a), 17-32 the square x_a x_a, then each pair a != b once; the scales,
+    split between the q and k sides, give phi_q(q).phi_k(k) = 1 + s/4 + s^2/32 and are exact in bf16."""
+    f, mp, m = 16, FEATURE_TABLE_ROWS, COMPACT_FEATURES
     sel = feature_tables(torch.float32, torch.device("cpu"))
-    a, b = sel[0].view(f, mp), sel[1].view(f, mp)
-    assert torch.equal(sel[2].view(mp, f), a.T) and torch.equal(sel[3].view(mp, f), b.T)
-    assert a.sum(0).tolist() == [0] + [1] * (COMPACT_FEATURES - 1) + [0] * (mp - COMPACT_FEATURES)
-    assert b.sum(0).tolist() == [0] * (1 + f) + [1] * (COMPACT_FEATURES - 1 - f) + [0] * (mp - COMPACT_FEATURES)
-    factor_a, factor_b = a.argmax(0), b.argmax(0)
-    diagonal, pair_rows = slice(1 + f, 1 + 2 * f), slice(1 + 2 * f, COMPACT_FEATURES)
+    a_q, a_k, b = (sel[i].view(f, mp) for i in range(3))
+    for i, table in enumerate((a_q, a_k, b)):
+        assert torch.equal(sel[3 + i].view(mp, f), table.T)
+    assert torch.equal(a_q != 0, a_k != 0)
+    assert (a_q != 0).sum(0).tolist() == [0] + [1] * (m - 1) + [0] * (mp - m)
+    assert (b != 0).sum(0).tolist() == [0] * (1 + f) + [1] * (m - 1 - f) + [0] * (mp - m)
+    factor_a, factor_b = (a_q != 0).double().argmax(0), b.argmax(0)
+    diagonal, pair_rows = slice(1 + f, 1 + 2 * f), slice(1 + 2 * f, m)
     assert factor_a[1:1 + f].tolist() == list(range(f)) and torch.equal(factor_a[diagonal], factor_b[diagonal])
     pairs = {frozenset((int(x), int(y))) for x, y in zip(factor_a[pair_rows], factor_b[pair_rows])}
     assert len(pairs) == f * (f - 1) // 2 and all(len(p) == 2 for p in pairs)
+
+    rows = torch.arange(mp)
+    ca, cb = (rows == 0).double(), (rows <= f).double()
+
+    def phi(x, a):
+        return (x @ a.double() + ca) * (x @ b.double() + cb)
+
+    q, k = torch.randn(2, 7, f, dtype=torch.float64)
+    s = q @ k.T
+    assert rel_err(phi(q, a_q) @ phi(k, a_k).T, 1 + s / 4 + s ** 2 / 32) <= 1e-12
+    assert torch.equal(feature_tables(torch.bfloat16, torch.device("cpu")).float(), sel)
 
 
 @pytest.mark.parametrize("d", [24, 112])
