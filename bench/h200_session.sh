@@ -69,6 +69,13 @@ for section in "$@"; do
         --embedded-default --model based-360m --bf16 --seq-length 2048 --micro-batch-size 8 \
         --global-batch-size 8 --train-iters 30 --log-interval 5 --eval-interval 1000 --eval-iters 1 \
         --vocab-size 50257 --save-interval 1000 > "$OUT/train360m.log" 2>&1 ;;
+    train360m-profile) # the same run, iterations 11-12 under torch.profiler (table in the log, trace gzipped)
+      timeout 170 python3 -m deepspeed.launcher.runner --num_gpus 1 examples/pretrain_based.sh \
+        --embedded-default --model based-360m --bf16 --seq-length 2048 --micro-batch-size 8 \
+        --global-batch-size 8 --train-iters 14 --log-interval 1 --eval-interval 1000 --eval-iters 0 \
+        --vocab-size 50257 --save-interval 1000 --profile --use-pytorch-profiler --profile-step-start 10 \
+        --profile-step-end 12 --tensorboard-dir "$OUT/train360m_tb" > "$OUT/train360m_profile.log" 2>&1
+      gzip -f "$OUT"/train360m_tb/*.pt.trace.json ;;
     multi-gpu)         # issue 7: every layout that fits the machine's GPUs vs one GPU (bench/multi_gpu.md)
       timeout 570 python3 bench/multi_gpu.py --gpus "$(nvidia-smi -L | wc -l)" --out "$OUT/multi_gpu" \
         > "$OUT/multi_gpu.log" 2>&1 ;;

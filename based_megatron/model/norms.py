@@ -1,4 +1,5 @@
-"""RMSNorm for the Based blocks: y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32.
+"""RMSNorm for the Based blocks: y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 (torch's rms_norm: one
+fused kernel each way on CUDA instead of ~10 elementwise ones; on CPU the same numbers as the unfused formula).
 
 megatron-core's torch norm fallback refuses sequence parallelism; this one marks its weight ``sequence_parallel``
 (under SP each rank sees a slice of the sequence, so the weight's gradient is summed over the TP group).
@@ -16,6 +17,4 @@ class RMSNorm(torch.nn.Module):
         setattr(self.weight, "sequence_parallel", config.sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(self.weight.dtype)
+        return torch.nn.functional.rms_norm(x.to(self.weight.dtype), self.weight.shape, self.weight, self.eps)

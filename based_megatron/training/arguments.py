@@ -134,6 +134,17 @@ def _add_logging_args(group):
     group.add_argument("--peak-tflops", type=float, default=None,
                        help="peak TFLOP/s per device for MFU (default: the GPU's dense bf16/fp32 datasheet peak, "
                             "or a matmul measured at start-up on CPU)")
+    group.add_argument("--profile", action="store_true",
+                       help="profile iterations [--profile-step-start, --profile-step-end) on --profile-ranks: with "
+                            "--use-pytorch-profiler by torch.profiler, else by cudaProfilerStart/Stop for "
+                            "`nsys profile --capture-range=cudaProfilerApi`")
+    group.add_argument("--profile-step-start", type=int, default=10,
+                       help="profiling starts with the step after this many completed iterations")
+    group.add_argument("--profile-step-end", type=int, default=12, help="... and stops after this many")
+    group.add_argument("--profile-ranks", type=int, nargs="+", default=[0], help="global ranks to profile")
+    group.add_argument("--use-pytorch-profiler", action="store_true",
+                       help="--profile with torch.profiler: a trace in --tensorboard-dir (TensorBoard's profiler "
+                            "plugin, Perfetto) and a table of the top operators and kernels in the log")
 
 
 def _add_deepspeed_args(group):
@@ -199,6 +210,20 @@ def validate_args(args, world_size):
         _require(getattr(args, flag) >= 1, f"--{flag.replace('_', '-')} must be >= 1")
     _require(args.eval_iters >= 0, "--eval-iters must be >= 0")
     _require(args.exit_interval is None or args.exit_interval >= 1, "--exit-interval must be >= 1")
+    if args.profile:
+        import torch
+
+        _require(0 <= args.profile_step_start < args.profile_step_end,
+                 f"--profile-step-start {args.profile_step_start} must be >= 0 and smaller than --profile-step-end "
+                 f"{args.profile_step_end}")
+        _require(all(0 <= rank < world_size for rank in args.profile_ranks),
+                 f"--profile-ranks {' '.join(map(str, args.profile_ranks))}: ranks must be in [0, world size "
+                 f"{world_size})")
+        _require(not args.use_pytorch_profiler or args.tensorboard_dir is not None,
+                 "--use-pytorch-profiler writes its trace into --tensorboard-dir: give one")
+        _require(args.use_pytorch_profiler or torch.cuda.is_available(),
+                 "--profile without --use-pytorch-profiler brackets the steps for nsys (cudaProfilerStart/Stop) and "
+                 "needs CUDA; add --use-pytorch-profiler to profile on this machine")
     _require(args.embedded_default or args.data_path is not None,
              "--data-path is required (an indexed dataset prefix, e.g. data/pile_text_document for "
              "data/pile_text_document.{bin,idx}); run with no arguments for the embedded default on the sample corpus")

@@ -91,6 +91,8 @@ class Trainer:
         self.engine, self.scheduler, self.module = self._build_engine(ds_config)
         self.train_data, self.valid_data = self._build_datasets()
         self.logger = self._build_logger()
+        from based_megatron.training.profiling import StepProfiler
+        self.profiler = StepProfiler(args, self.rank)
 
     # ---------------------------------------------------------------- setup
 
@@ -149,7 +151,7 @@ class Trainer:
         import deepspeed
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-        from based_megatron.training import distributed
+        from based_megatron.training import deepspeed_compat, distributed
 
         args = self.args
         module = self._build_module()
@@ -162,6 +164,7 @@ class Trainer:
             end_wd=args.weight_decay, wd_incr_steps=args.train_iters, wd_incr_style="constant")
         mpu = distributed.MegatronMPU() if args.pipeline_model_parallel_size == 1 else None
         engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config, mpu=mpu)
+        deepspeed_compat.fuse_overflow_check(engine.optimizer)
         self.split_dims = _gather_split_dims(module, self.config.num_layers)
         if resume_tag is not None:
             self._resume(engine, scheduler, resume_tag)
@@ -246,6 +249,7 @@ class Trainer:
         self._print_run_summary()
         consecutive_skipped = 0
         while self.iteration < args.train_iters:
+            self.profiler.step_begins(self.iteration)
             start = time.perf_counter()
             lr = self._current_lr()  # the learning rate this step uses
             loss = self._train_step()
@@ -264,6 +268,7 @@ class Trainer:
             self.consumed_samples += args.global_batch_size
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
+            self.profiler.step_ended(self.iteration)
             self.logger.train_step(self.iteration, self.consumed_samples * args.seq_length, loss,
                                    lr, _grad_norm(self.engine), time.perf_counter() - start,
                                    skipped=not applied)
@@ -295,6 +300,7 @@ class Trainer:
 
     def _finish(self):
         args = self.args
+        self.profiler.finish(self.iteration)
         if args.eval_iters and self.iteration % args.eval_interval != 0:
             self.logger.validation(self.iteration, self._evaluate())
         if args.save:

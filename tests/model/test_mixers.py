@@ -227,3 +227,25 @@ def test_activation_recompute_gives_the_same_loss_and_grads(megatron_single_proc
     torch.testing.assert_close(loss_recompute, loss, rtol=0, atol=0)
     for grad, grad_recompute in zip(grads, grads_recompute):
         torch.testing.assert_close(grad_recompute, grad, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_rms_norm_is_the_fp32_formula(megatron_single_process, dtype):
+    """torch's rms_norm (fused on CUDA) against x / sqrt(mean(x^2) + eps) * weight in fp32, forward and gradients."""
+    from based_megatron.model.norms import RMSNorm
+
+    norm = RMSNorm(build_config("based-tiny", params_dtype=dtype, use_cpu_initialization=True), 48, eps=1e-5)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(48, generator=generator))
+    x = torch.randn(5, 2, 48, generator=generator).to(dtype).requires_grad_()
+    x64, w64 = x.detach().double().requires_grad_(), norm.weight.detach().double().requires_grad_()
+    expected = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-5) * w64
+    y = norm(x)
+    assert y.dtype == dtype
+    grad = torch.randn(y.shape, generator=generator).to(dtype)
+    got = torch.autograd.grad(y, (x, norm.weight), grad)
+    want = torch.autograd.grad(expected, (x64, w64), grad.double())
+    tol = 1e-12 if dtype == torch.float64 else 1e-2
+    for a, b in zip((y, *got), (expected, *want)):
+        assert ((a.double() - b).norm() / b.norm()).item() <= tol

@@ -35,6 +35,11 @@ def test_data_parallel_size_and_accumulation_are_derived():
     (["--train-tokens", "1000"], 1, "exactly one of --train-iters and --train-tokens"),
     (["--save-interval", "5"], 1, "--save-interval needs --save"),
     (["--min-lr", "1"], 1, "--min-lr 1.0 must be in [0, --lr 0.001]"),
+    (["--profile", "--profile-step-start", "5", "--profile-step-end", "5"], 1,
+     "--profile-step-start 5 must be >= 0 and smaller than --profile-step-end 5"),
+    (["--profile", "--use-pytorch-profiler", "--tensorboard-dir", "tb", "--profile-ranks", "0", "2"], 2,
+     "--profile-ranks 0 2: ranks must be in [0, world size 2"),
+    (["--profile", "--use-pytorch-profiler"], 1, "--use-pytorch-profiler writes its trace into --tensorboard-dir"),
 ])
 def test_inconsistent_flags_are_rejected(extra, world, message):
     with pytest.raises(TrainingError, match=message.replace("[", r"\[").replace("+", r"\+")):

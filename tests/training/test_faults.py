@@ -34,10 +34,16 @@ def poison_losses(monkeypatch, bad_calls):
     monkeypatch.setattr(training_model, "language_model_loss", loss)
 
 
+@pytest.mark.parametrize("precision", [[], ["--bf16"]], ids=["fp32", "bf16"])
 def test_nonfinite_steps_are_skipped_and_counted(single_process_world, sample_dataset, tmp_path, monkeypatch,
-                                                 restore_signals, capsys):
+                                                 restore_signals, capsys, precision):
+    """bf16 takes DeepSpeed's gradient-overflow check (fused by deepspeed_compat), fp32 its gradient-norm check."""
     poison_losses(monkeypatch, bad_calls={2, 3})
-    trainer = make_trainer(sample_dataset, tmp_path)
+    trainer = make_trainer(sample_dataset, tmp_path, *precision)
+    zero = trainer.engine.optimizer
+    if precision:
+        assert zero.check_grad_overflow and zero.has_overflow_partitioned_grads_serial.__module__.endswith(
+            "training.deepspeed_compat")
     before = [p.detach().clone() for p in trainer.module.parameters()]
     assert trainer.run() == EXIT_OK
     assert trainer.total_skipped == 2
