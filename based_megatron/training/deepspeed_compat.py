@@ -4,10 +4,10 @@ For bf16, DeepSpeed's ZeRO optimizer checks every step for non-finite gradients 
 (`has_overflow_partitioned_grads_serial`: amax, amin, two isfinite, logical_and, logical_not and an add per gradient
 tensor, ~7 kernel launches each), then through the global gradient norm. On based-360m (276 gradient tensors) the
 serial check issues ~1,900 tiny kernels per step while the GPU waits: with it fused, a step of 8 x 2048 tokens on
-one H200 takes 0.173-0.182 s instead of 0.196-0.211 s (bench/training_h200.md). `fuse_overflow_check` gives the optimizer instance the same check as
-one foreach norm over all its gradients: a NaN or infinity anywhere makes that norm non-finite, so the answer (a
-[1] bool tensor, reduced across ranks by DeepSpeed as before) is the same. Optimizers without that method (other
-DeepSpeed versions, ZeRO-3) are left alone.
+one H200 takes 0.173-0.182 s instead of 0.196-0.211 s (bench/training_h200.md). `fuse_overflow_check` gives the
+optimizer instance the same check as one foreach norm over all its gradients: a NaN or infinity anywhere makes that
+norm non-finite, so the answer (a [1] bool tensor, reduced across ranks by DeepSpeed as before) is the same.
+Optimizers without that method (other DeepSpeed versions, ZeRO-3) are left alone.
 """
 
 import torch

@@ -45,8 +45,6 @@ chunk_offsets / chunk_indices for packed documents. Every kernel takes element s
 import triton
 import triton.language as tl
 
-SQRT2 = tl.constexpr(1.4142135623730951)
-
 
 @triton.jit
 def _tile(ptr, row_stride, col_stride, rows, row_mask, cols, col_mask):
