@@ -210,6 +210,9 @@ def validate_args(args, world_size):
         _require(getattr(args, flag) >= 1, f"--{flag.replace('_', '-')} must be >= 1")
     _require(args.eval_iters >= 0, "--eval-iters must be >= 0")
     _require(args.exit_interval is None or args.exit_interval >= 1, "--exit-interval must be >= 1")
+    _require(args.profile or not args.use_pytorch_profiler,
+             "--use-pytorch-profiler only picks the profiler of --profile: add --profile (steps "
+             "--profile-step-start to --profile-step-end)")
     if args.profile:
         import torch
 

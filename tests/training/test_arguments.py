@@ -40,6 +40,7 @@ def test_data_parallel_size_and_accumulation_are_derived():
     (["--profile", "--use-pytorch-profiler", "--tensorboard-dir", "tb", "--profile-ranks", "0", "2"], 2,
      "--profile-ranks 0 2: ranks must be in [0, world size 2"),
     (["--profile", "--use-pytorch-profiler"], 1, "--use-pytorch-profiler writes its trace into --tensorboard-dir"),
+    (["--use-pytorch-profiler", "--tensorboard-dir", "tb"], 1, "--use-pytorch-profiler only picks the profiler of --profile"),
 ])
 def test_inconsistent_flags_are_rejected(extra, world, message):
     with pytest.raises(TrainingError, match=message.replace("[", r"\[").replace("+", r"\+")):
