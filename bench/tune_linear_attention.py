@@ -32,9 +32,9 @@ from based_kernels.linear_attention.fused import launch_config  # noqa: E402  (s
 TOKENS, HEADS = 32768, 16
 SHAPES = [(2048, 64), (2048, 112), (16384, 64)]
 KERNELS = {"_chunk_state_kernel": "scan (fwd + bwd)", "_fwd_output_kernel": "output", "_bwd_grad_kernel": "dq/dk/dv",
-           "_bwd_delta_kernel": "delta"}
+           "_bwd_delta_kernel": "delta", "_hopper_forward_kernel": "hopper forward (scan + output)"}
 TILE_FIELDS = {"scan (fwd + bwd)": ("state_rows", "state_warps"), "output": ("out_rows", "out_warps"),
-               "dq/dk/dv": ("grad_rows", "grad_warps"), "delta": ()}
+               "dq/dk/dv": ("grad_rows", "grad_warps"), "delta": (), "hopper forward (scan + output)": ()}
 
 
 def default_config(d):

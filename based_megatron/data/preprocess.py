@@ -11,6 +11,7 @@ their outputs in order (same bytes as one partition).
 import argparse
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -207,6 +208,38 @@ class _BadInputHandler:
         self.reported += 1
 
 
+class _InterruptLatch:
+    """Ctrl-C stops the run before anything is committed, even when a library catches the KeyboardInterrupt it
+    raises (an import interrupted half-way can swallow it): the SIGINT handler also sets a flag, which every
+    chunk written and every commit check."""
+
+    def __init__(self):
+        self.interrupted = False
+        self.previous = None
+
+    def __enter__(self):
+        self.interrupted = False
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def _on_sigint(self, signum, frame):
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+
+_INTERRUPTS = _InterruptLatch()
+
+
 def _tokenize_files(files: Sequence[str], output_prefix: str, args: argparse.Namespace,
                     tokenizer: Tokenizer, label: str, record_tokenizer: bool) -> PreprocessStats:
     """One pipeline: files (in order) -> ``output_prefix_<key>_document`` datasets."""
@@ -236,6 +269,7 @@ def _tokenize_files(files: Sequence[str], output_prefix: str, args: argparse.Nam
         for key, writer in writers.items():
             writer.builder.add_documents(result.tokens[key], result.lengths[key])
         progress.update(result)
+        _INTERRUPTS.check()
 
     try:
         for path in files:
@@ -253,6 +287,7 @@ def _tokenize_files(files: Sequence[str], output_prefix: str, args: argparse.Nam
             write_oldest()
         if not writers:  # no input lines at all
             open_writers()
+        _INTERRUPTS.check()
         for writer in writers.values():
             writer.commit()
     finally:
@@ -325,6 +360,7 @@ def _merge_with_tokenizer(parts: List[str], output: str, tokenizer: Tokenizer) -
         for part in parts:
             check_indexed_dataset(part)
             writer.builder.add_index(part)
+        _INTERRUPTS.check()
         writer.commit()
 
 
@@ -380,6 +416,11 @@ def preprocess_main(argv: Optional[List[str]] = None) -> PreprocessStats:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
+    with _INTERRUPTS:
+        return _preprocess(args)
+
+
+def _preprocess(args: argparse.Namespace) -> PreprocessStats:
     tokenizer = _build_tokenizer(args)
     start = time.monotonic()
     if args.partitions > 1 and len(args.input) == 1:

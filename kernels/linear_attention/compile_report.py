@@ -18,9 +18,9 @@ import torch
 import triton
 
 from ..compile_report import compile_resources, loop_bodies
-from . import triton_kernels as tk
-from .fused import (COMPACT_FEATURES, FEATURE_DIM, FEATURE_TABLE_ROWS, LaunchConfig, _dot_types,
-                    _feature_constants, launch_config)
+from . import gluon_kernels, triton_kernels as tk
+from .fused import (COMPACT_FEATURES, FEATURE_DIM, FEATURE_TABLE_ROWS, HOPPER_CHUNK, HOPPER_FORWARD_MAXNREG,
+                    HOPPER_HEAD_DIM, HOPPER_ROW_BLOCK, LaunchConfig, _dot_types, _feature_constants, launch_config)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 INPUT_POINTERS = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "x", "y"}
@@ -91,6 +91,31 @@ def kernel_variants(head_dim: int, torch_dtype: torch.dtype, cfg: LaunchConfig):
     yield "dq/dk/dv", tk._bwd_grad_kernel, grad, cfg.grad_warps, cfg.grad_stages, cfg.grad_regs
 
 
+def hopper_forward_resources(arch: int) -> dict:
+    """compile_resources of gluon_kernels' forward (bf16, D = 64) with the descriptors fused._hopper_forward
+    passes."""
+    from triton.experimental.gluon import language as gl
+
+    kernel = gluon_kernels._hopper_forward_kernel
+    chunk, rows, dim = HOPPER_CHUNK, HOPPER_ROW_BLOCK, HOPPER_HEAD_DIM
+    boxes = {"q_desc": [1, chunk, 1, FEATURE_DIM], "k_desc": [1, chunk, 1, FEATURE_DIM],
+             "v_desc": [1, chunk, 1, dim], "h_desc": [1, rows, dim]}
+    pointers = {"o": "*bf16", "inv_den": "*fp32", "hz": "*fp32", "sel": "*bf16"}
+    constexprs = dict(C1=FEATURE_DIM ** -0.5, C2=1.0 / (2 * FEATURE_DIM))
+    signature, attrs = {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in boxes:
+            layout = gl.NVMMASharedLayout.get_default_for(boxes[name], gl.bfloat16)
+            signature[name] = f"tensordesc<bf16[{', '.join(map(str, boxes[name]))}],{layout!r}>"
+        elif name in pointers:
+            signature[name] = pointers[name]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = "constexpr" if name in constexprs else "fp32" if name == "eps" else "i32"
+    return compile_resources(kernel, signature, constexprs, attrs, 4, 1, arch, maxnreg=HOPPER_FORWARD_MAXNREG,
+                             gluon=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90: H100/H200)")
@@ -106,6 +131,10 @@ def main():
             res = resources(kernel, constexprs, warps, stages, args.arch, args.dtype, state_dtype, regs)
             print(f"| {name} | {head_dim} | {warps} | {res['regs']} | {res['stack']} B | {res['shared']} B | "
                   f"{res['vector_loads']} | {res['narrow_loads']} | {', '.join(map(str, res['loops']))} |")
+    if args.arch == 90 and args.dtype == "bf16":
+        res = hopper_forward_resources(args.arch)
+        print(f"| Hopper forward (Gluon, 3 partitions; registers: the kernel's cap, setmaxnreg moves them) | 64 | "
+              f"4 + 4 + 1 | {res['regs']} | {res['stack']} B | {res['shared']} B | TMA | TMA | |")
 
 
 if __name__ == "__main__":

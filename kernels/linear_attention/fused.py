@@ -6,7 +6,10 @@ from typing import Optional
 
 import torch
 import triton.language as tl
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from . import gluon_kernels
 from .triton_kernels import (_bwd_delta_kernel, _bwd_grad_kernel, _chunk_state_kernel,
                              _fwd_output_kernel, _step_kernel)
 
@@ -39,6 +42,8 @@ class LaunchConfig:
                               # (the scans at 168: 3 CTAs per SM instead of 2, no spills; round 7)
     out_regs: int = 0
     grad_regs: int = 0
+    hopper_forward: bool = True   # the warp-specialised Gluon forward (gluon_kernels) where it applies
+                                  # (_hopper_forward_applies); False: always the two-level scan + output kernels
 
 
 SCAN_PROGRAMS_PER_SM = 6      # a scan segment per program ... until this many programs per multiprocessor
@@ -303,6 +308,82 @@ def _scan(x, y, inv_den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, 
     return ScanResult(h, hz, end)
 
 
+def _output(q, k, v, scan: ScanResult, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, eps):
+    """o and inv_den = 1 / (den + eps) from the per-chunk states (the second level of the forward)."""
+    B, T, H, F = q.shape
+    D = v.shape[-1]
+    o = torch.empty_like(v)
+    inv_den = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
+    types = _dot_types(q.dtype)
+    grid = (layout.grid_chunks, _cdiv(D, cfg.block_d), B * H)
+    _fwd_output_kernel[grid](
+        q, k, v, o, inv_den, scan.h, scan.hz, feature_tables(q.dtype, q.device), cu_seqlens, layout.indices,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(), T, H, layout.chunks_per_seq, eps, D=D,
+        **_feature_constants(F), MP=FEATURE_TABLE_ROWS, C=cfg.chunk, BR=cfg.out_rows, BD=cfg.block_d,
+        IS_VARLEN=cu_seqlens is not None, DOT_DT=types["DOT_DT"],
+        STATE_DT=types["STATE_DT"], PREC=types["PREC"], STATE_PREC=types["STATE_PREC"],
+        num_warps=cfg.out_warps, num_stages=cfg.out_stages, maxnreg=cfg.out_regs or None)
+    return o, inv_den
+
+
+HOPPER_FORWARD_MIN_WAVE_FILL = 0.7          # one program per (sequence, head) and per multiprocessor: below this
+                                            # fill of its last wave the two-level forward (whose chunks fill the
+                                            # GPU) is faster (measured: bench/notes_kernels.md, round 8)
+HOPPER_FORWARD_MAXNREG = 168                # 12 warps (three partitions) at one program per multiprocessor
+HOPPER_CHUNK = gluon_kernels.CHUNK.value
+HOPPER_HEAD_DIM = gluon_kernels.HEAD_DIM.value
+HOPPER_ROW_BLOCK = gluon_kernels.ROW_BLOCK.value
+
+
+def _hopper_forward_applies(q, k, v, cu_seqlens, has_initial: bool, output_final_state: bool,
+                            cfg: LaunchConfig) -> bool:
+    """The Gluon forward covers bf16, head dim 64, 64-token chunks, fixed-length batches without a state in or
+    out, on Hopper (sm_90: wgmma and TMA), for inputs the TMA can address (innermost stride 1, the others and the
+    base 16-byte aligned) and batches whose sequences x heads fill its waves of one program per multiprocessor;
+    everything else takes the two-level forward."""
+    if not (cfg.hopper_forward and q.is_cuda and q.dtype == torch.bfloat16 and q.shape[-1] == FEATURE_DIM
+            and v.shape[-1] == HOPPER_HEAD_DIM and cfg.chunk == HOPPER_CHUNK and cu_seqlens is None
+            and not has_initial and not output_final_state and _is_hopper(q.device)):
+        return False
+    programs, sms = q.shape[0] * q.shape[2], _multiprocessors(q.device)
+    if programs < HOPPER_FORWARD_MIN_WAVE_FILL * _cdiv(programs, sms) * sms:
+        return False
+    return all(_tma_addressable(x) for x in (q, k, v))
+
+
+@functools.lru_cache
+def _is_hopper(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device)[0] == 9
+
+
+def _tma_addressable(x: torch.Tensor) -> bool:
+    return (x.stride(-1) == 1 and x.data_ptr() % 16 == 0
+            and all(stride * x.element_size() % 16 == 0 for stride in x.stride()[:-1]))
+
+
+def _hopper_forward(q, k, v, eps):
+    """o, inv_den and the per-chunk states (as _scan stores them) from gluon_kernels' fused forward."""
+    B, T, H, F = q.shape
+    D = v.shape[-1]
+    n_chunks = _cdiv(T, HOPPER_CHUNK)
+    o = torch.empty_like(v)
+    inv_den = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
+    h = q.new_empty(B * n_chunks, H, COMPACT_FEATURES, D)
+    hz = q.new_empty(B * n_chunks, H, COMPACT_FEATURES, dtype=torch.float32)
+
+    def desc(x, box):
+        return TensorDescriptor(x, list(x.shape), list(x.stride()), box,
+                                gl.NVMMASharedLayout.get_default_for(box, gl.bfloat16))
+
+    h_rows = h.view(B * n_chunks * H, COMPACT_FEATURES, D)
+    gluon_kernels._hopper_forward_kernel[(B * H,)](
+        desc(q, [1, HOPPER_CHUNK, 1, F]), desc(k, [1, HOPPER_CHUNK, 1, F]), desc(v, [1, HOPPER_CHUNK, 1, D]),
+        desc(h_rows, [1, HOPPER_ROW_BLOCK, D]),
+        o, inv_den, hz, feature_tables(q.dtype, q.device), o.stride(0), o.stride(1), o.stride(2), T, H, n_chunks,
+        eps, C1=F ** -0.5, C2=1.0 / (2 * F), num_warps=4, maxnreg=HOPPER_FORWARD_MAXNREG)
+    return o, inv_den, ScanResult(h, hz, None)
+
+
 class LinearAttentionFunction(torch.autograd.Function):
 
     @staticmethod
@@ -312,21 +393,13 @@ class LinearAttentionFunction(torch.autograd.Function):
         n_seq = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else B
         cfg = tuning if isinstance(tuning, LaunchConfig) else launch_config(D, q.device, **tuning)
         layout = chunk_layout(B, T, cu_seqlens, cfg, H, D, q.device)
-        initial = None if s_init is None else (to_compact(s_init), to_compact(z_init))
-        scan = _scan(k, v, None, None, cfg, layout, cu_seqlens, n_seq, reverse=False, boundary=initial,
-                     want_end=output_final_state)
-
-        o = torch.empty_like(v)
-        inv_den = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
-        types = _dot_types(q.dtype)
-        grid = (layout.grid_chunks, _cdiv(D, cfg.block_d), B * H)
-        _fwd_output_kernel[grid](
-            q, k, v, o, inv_den, scan.h, scan.hz, feature_tables(q.dtype, q.device), cu_seqlens, layout.indices,
-            *q.stride(), *k.stride(), *v.stride(), *o.stride(), T, H, layout.chunks_per_seq, eps, D=D,
-            **_feature_constants(F), MP=FEATURE_TABLE_ROWS, C=cfg.chunk, BR=cfg.out_rows, BD=cfg.block_d,
-            IS_VARLEN=cu_seqlens is not None, DOT_DT=types["DOT_DT"],
-            STATE_DT=types["STATE_DT"], PREC=types["PREC"], STATE_PREC=types["STATE_PREC"],
-            num_warps=cfg.out_warps, num_stages=cfg.out_stages, maxnreg=cfg.out_regs or None)
+        if _hopper_forward_applies(q, k, v, cu_seqlens, s_init is not None, output_final_state, cfg):
+            o, inv_den, scan = _hopper_forward(q, k, v, eps)
+        else:
+            initial = None if s_init is None else (to_compact(s_init), to_compact(z_init))
+            scan = _scan(k, v, None, None, cfg, layout, cu_seqlens, n_seq, reverse=False, boundary=initial,
+                         want_end=output_final_state)
+            o, inv_den = _output(q, k, v, scan, cfg, layout, cu_seqlens, eps)
 
         ctx.save_for_backward(q, k, v, o, inv_den, scan.h, scan.hz, cu_seqlens)
         ctx.cfg, ctx.layout, ctx.n_seq, ctx.has_initial = cfg, layout, n_seq, s_init is not None

@@ -234,6 +234,31 @@ def test_interrupted_run_leaves_no_valid_looking_pair(sig, tmp_path, sample_docu
         assert all(".tmp-" in n for n in leftovers)
 
 
+def test_ctrl_c_that_a_library_swallows_still_stops_before_commit(tmp_path, monkeypatch, capsys):
+    """A SIGINT whose KeyboardInterrupt some library code catches (an import interrupted half-way) must not let
+    the run go on to write a valid-looking pair."""
+    from based_megatron.data import preprocess
+
+    update = preprocess.Progress.update
+
+    def update_swallowing_ctrl_c(self, result):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        update(self, result)
+
+    monkeypatch.setattr(preprocess.Progress, "update", update_swallowing_ctrl_c)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(GOOD * 3)
+    code = preprocess.main(["--input", str(path), "--output-prefix", str(tmp_path / "out"), "--quiet",
+                            "--tokenizer-type", "byte"])
+    assert code == 130 and "interrupted: no output was written" in capsys.readouterr().err
+    assert no_dataset_files(tmp_path) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler      # the handler is put back
+
+
 @pytest.fixture
 def dataset_pair(tmp_path, small_corpus, small_texts):
     preprocess(small_corpus, tmp_path / "a")

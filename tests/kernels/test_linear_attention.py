@@ -1,6 +1,10 @@
 """Fused Taylor linear attention (Triton, interpreted on CPU) against the fp64 reference: outputs, all input
 gradients, state in/out, varlen, strided views; fresh random inputs per test."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -170,3 +174,30 @@ def test_scan_segments_match_one_segment(with_state, segment_chunks):
     """Long sequences scan in parallel segments (the last one short, or not)."""
     compare(torch.float32, 2, 120, 2, 24, seed=19, with_state=with_state,
             config=LaunchConfig(chunk=16, block_d=16, segment_chunks=segment_chunks))
+
+
+def test_hopper_forward_dispatch_rules():
+    """Where the Gluon forward (sm_90 only, so measured on the H200: bench/kernels.md) may run: CPU tensors, other
+    dtypes, head dims, varlen and states take the two-level forward; the TMA needs 16-byte strides."""
+    from based_kernels.linear_attention.fused import _hopper_forward_applies, _tma_addressable
+
+    q, k, v = random_qkv(16, 64, 16, 64, torch.float32, seed=1)
+    cfg = LaunchConfig()
+    assert not _hopper_forward_applies(q, k, v, None, False, False, cfg)           # not on CUDA
+    assert _tma_addressable(torch.empty(2, 64, 16, 16, dtype=torch.bfloat16))
+    assert _tma_addressable(torch.empty(64, 2, 16, 64, dtype=torch.bfloat16).transpose(0, 1))
+    assert not _tma_addressable(torch.empty(2, 64, 16, 20, dtype=torch.bfloat16)[..., :16])   # 40-byte rows
+    assert not _tma_addressable(torch.empty(2, 64, 16, 16, dtype=torch.bfloat16).transpose(2, 3))
+
+
+def test_hopper_forward_compiles_for_sm90():
+    """The Gluon kernel is only run on the H200; CPU CI at least compiles it for sm_90 with its own Triton (the
+    Gluon API moves between releases) and checks that it fits one program per multiprocessor. In a subprocess:
+    this folder's kernels are decorated for Triton's interpreter, which Gluon kernels do not run under."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("from based_kernels.linear_attention.compile_report import hopper_forward_resources as r; "
+            "res = r(90); print(res['regs'], res['shared'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    regs, shared = map(int, out.stdout.split()[-2:])
+    assert regs <= 168 and shared <= 227 * 1024

@@ -1,0 +1,257 @@
+"""Hopper forward of the chunked Taylor linear attention: the chunk scan and the output in one warp-specialised
+Gluon kernel (sm_90: TMA, mbarriers, wgmma), for bf16, head dim 64, fixed-length batches (fused.py decides when).
+
+Same compact feature map, selection tables and state layout as triton_kernels.py (its docstring). One program per
+(sequence, head) walks the chunks of C = 64 tokens; the state never leaves the chip on the way to the outputs:
+  update partition (4 warps)  S_j += phi_k_j(k)^T v, z_j += colsum phi_k_j  for row blocks j = 0, 1, 2 of 64 rows:
+                              the state lives in its registers (fp32 wgmma accumulators); after each chunk it
+                              publishes the state's bf16 copy and z into shared buffer n % 2 and hz[n] to HBM
+  output partition (default)  num = causal(1 + s/sqrt(F) + s^2/(2F)) v + sum_j phi_q_j(q) S_j,
+                              den = rowsum(a) + sum_j phi_q_j . z_j, from the published copy of the state before the
+                              chunk; writes o, inv_den and (TMA) h[n], the state the backward reads
+  loader partition (1 warp)   TMA loads of the q, k, v chunks into a 2-deep ring
+mbarriers: in_ready (the ring's bytes arrived), in_free (both consumers are done with a ring slot), st_ready (state
+n is published), st_free (the output partition is done with a state buffer and its h store). The two chains run
+side by side, each with its own register budget (the update partition's state takes 96 of its registers).
+h and hz are exactly what the two-level scan stores (the backward is shared).
+"""
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+
+# Names that changed after triton 3.6 (run on the H200) by 3.9 (compile-checked in CI): gl.thread_barrier -> gl.barrier,
+# tma.async_copy_global_to_shared / _shared_to_global -> tma.async_load / async_store, and
+# shared_memory_descriptor._reinterpret -> reinterpret
+thread_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
+tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
+tma_store = tma.async_store if hasattr(tma, "async_store") else tma.async_copy_shared_to_global
+PUBLIC_REINTERPRET = gl.constexpr(hasattr(gl.shared_memory_descriptor, "reinterpret"))
+
+# Shapes are module constants: worker partitions take no constexpr arguments.
+CHUNK = gl.constexpr(64)
+FEATURE_DIM = gl.constexpr(16)
+HEAD_DIM = gl.constexpr(64)
+STATE_ROWS = gl.constexpr(1 + 2 * 16 + 16 * 15 // 2)        # fused.COMPACT_FEATURES (153)
+ROW_BLOCK = gl.constexpr(64)                                # state rows per accumulator (3 blocks cover 153)
+TABLE_ROWS = gl.constexpr(256)                              # fused.FEATURE_TABLE_ROWS
+_WGMMA_LAYOUT = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
+MMA = gl.constexpr(_WGMMA_LAYOUT)                                           # [64, 64] fp32 accumulators
+DOT_A = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=_WGMMA_LAYOUT, k_width=2))   # A from registers
+ROWS = gl.constexpr(gl.SliceLayout(1, _WGMMA_LAYOUT))                        # a vector along an accumulator's rows
+COLS = gl.constexpr(gl.SliceLayout(0, _WGMMA_LAYOUT))                        # ... and along its columns
+UPDATE_REGS = gl.constexpr(232)       # setmaxnreg budgets; the output partition gets the rest of the kernel's
+LOADER_REGS = gl.constexpr(24)        # cap (fused.HOPPER_FORWARD_MAXNREG: 12 warps, one program per multiprocessor)
+
+
+@gluon.jit
+def _as_box(buf, shape: gl.constexpr):
+    """A shared buffer viewed as a TMA box of shape (leading unit dims added; same bytes and swizzle)."""
+    layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for(shape, gl.bfloat16)
+    if PUBLIC_REINTERPRET:
+        box = buf.reinterpret(gl.bfloat16, shape, layout)
+    else:
+        box = buf._reinterpret(gl.bfloat16, shape, layout)
+    return box
+
+
+@gluon.jit
+def _row_constants(m, dim: gl.constexpr, like):
+    """The constant factors of feature rows m (triton_kernels._row_constants) as [64, 64] accumulators, broadcast
+    along dim: the selection products start from them."""
+    ca = gl.expand_dims((m == 0).to(gl.float32), dim) + like
+    cb = gl.expand_dims((m <= FEATURE_DIM).to(gl.float32), dim) + like
+    return ca, cb
+
+
+@gluon.jit
+def _loader_partition(q_desc, k_desc, v_desc, q_ring, k_ring, v_ring, s_buf, z_buf, akt_s, bt_s, in_ready, in_free,
+                      st_ready, st_free, hz, i_b, i_h, H, T, NT):
+    """TMA loads of chunk c into ring slot c % 2 once both consumers are done with it. (Worker partitions share one
+    signature, hence the arguments only the update partition uses.)"""
+    C: gl.constexpr = CHUNK
+    F: gl.constexpr = FEATURE_DIM
+    D: gl.constexpr = HEAD_DIM
+    for c in range(NT):
+        b = c % 2
+        mbarrier.wait(in_free.index(b), ((c // 2) & 1) ^ 1)
+        bar = in_ready.index(b)
+        mbarrier.expect(bar, C * (2 * F + D) * 2)
+        tma_load(q_desc, [i_b, c * C, i_h, 0], bar,
+                                        _as_box(q_ring.index(b), [1, C, 1, F]))
+        tma_load(k_desc, [i_b, c * C, i_h, 0], bar,
+                                        _as_box(k_ring.index(b), [1, C, 1, F]))
+        tma_load(v_desc, [i_b, c * C, i_h, 0], bar,
+                                        _as_box(v_ring.index(b), [1, C, 1, D]))
+
+
+@gluon.jit
+def _publish(n, s0, s1, s2, z0, z1, z2, s_buf, z_buf, st_ready, st_free, hz, i_b, i_h, H, NT):
+    """State n (before chunk n): bf16 copy into s_buf[n % 2], z into z_buf[n % 2], hz[n] to HBM."""
+    b = n % 2
+    mbarrier.wait(st_free.index(b), ((n // 2) & 1) ^ 1)
+    s_buf.index(b * 3 + 0).store(s0.to(gl.bfloat16))
+    s_buf.index(b * 3 + 1).store(s1.to(gl.bfloat16))
+    s_buf.index(b * 3 + 2).store(s2.to(gl.bfloat16))
+    z_buf.index(b * 3 + 0).store(z0)
+    z_buf.index(b * 3 + 1).store(z1)
+    z_buf.index(b * 3 + 2).store(z2)
+    fence_async_shared()
+    mbarrier.arrive(st_ready.index(b), count=1)
+    row = (i_b * NT + n) * H + i_h
+    m = gl.arange(0, ROW_BLOCK, layout=ROWS)
+    gl.store(hz + row * STATE_ROWS + m, z0)
+    gl.store(hz + row * STATE_ROWS + ROW_BLOCK + m, z1)
+    gl.store(hz + row * STATE_ROWS + 2 * ROW_BLOCK + m, z2, mask=2 * ROW_BLOCK + m < STATE_ROWS)
+
+
+@gluon.jit
+def _update_partition(q_desc, k_desc, v_desc, q_ring, k_ring, v_ring, s_buf, z_buf, akt_s, bt_s, in_ready, in_free,
+                      st_ready, st_free, hz, i_b, i_h, H, T, NT):
+    """The state in registers, S_j += phi_k_j^T v per chunk, published after each chunk (_publish)."""
+    C: gl.constexpr = CHUNK
+    BR: gl.constexpr = ROW_BLOCK
+    zero_cc = gl.zeros([C, C], gl.float32, MMA)
+    s0 = gl.zeros([BR, HEAD_DIM], gl.float32, MMA)
+    s1 = gl.zeros([BR, HEAD_DIM], gl.float32, MMA)
+    s2 = gl.zeros([BR, HEAD_DIM], gl.float32, MMA)
+    z0 = gl.zeros([BR], gl.float32, ROWS)
+    z1 = gl.zeros([BR], gl.float32, ROWS)
+    z2 = gl.zeros([BR], gl.float32, ROWS)
+    m_rows = gl.arange(0, BR, layout=ROWS)
+    t_cols = gl.arange(0, C, layout=COLS)
+    _publish(0, s0, s1, s2, z0, z1, z2, s_buf, z_buf, st_ready, st_free, hz, i_b, i_h, H, NT)
+    for c in range(NT):
+        b = c % 2
+        mbarrier.wait(in_ready.index(b), (c // 2) & 1)
+        kt = k_ring.index(b).permute((1, 0))                                          # k^T [F, C]
+        v_s = v_ring.index(b)
+        valid = gl.expand_dims(c * C + t_cols < T, 0)
+        for j in gl.static_range(3):
+            ca, cb = _row_constants(j * BR + m_rows, 1, zero_cc)
+            ka = warpgroup_mma(akt_s.index(j), kt, ca, is_async=True)                  # [rows, tokens]
+            kb = warpgroup_mma(bt_s.index(j), kt, cb, is_async=True)
+            ka, kb = warpgroup_mma_wait(0, deps=[ka, kb])
+            phi_t = gl.where(valid, ka * kb, 0.0)                                       # phi_k_j^T
+            phi_op = gl.convert_layout(phi_t.to(gl.bfloat16), DOT_A)
+            if j == 0:
+                z0 += gl.sum(phi_t, 1)
+                s0 = warpgroup_mma(phi_op, v_s, s0)
+            elif j == 1:
+                z1 += gl.sum(phi_t, 1)
+                s1 = warpgroup_mma(phi_op, v_s, s1)
+            else:
+                z2 += gl.sum(phi_t, 1)
+                s2 = warpgroup_mma(phi_op, v_s, s2)
+        mbarrier.arrive(in_free.index(b), count=1)
+        if c + 1 < NT:
+            _publish(c + 1, s0, s1, s2, z0, z1, z2, s_buf, z_buf, st_ready, st_free, hz, i_b, i_h, H, NT)
+
+
+@gluon.jit
+def _output_partition(q_ring, k_ring, v_ring, s_buf, z_buf, aq_s, b_s, in_ready, in_free, st_ready, st_free, h_desc,
+                      o, inv_den, i_b, i_h, H, T, NT, eps, sob, sot, soh, C1: gl.constexpr, C2: gl.constexpr):
+    """o and inv_den of each chunk from the published state before it; h[c] stored from that copy by TMA."""
+    C: gl.constexpr = CHUNK
+    BR: gl.constexpr = ROW_BLOCK
+    D: gl.constexpr = HEAD_DIM
+    zero_cc = gl.zeros([C, C], gl.float32, MMA)
+    zero_cd = gl.zeros([C, D], gl.float32, MMA)
+    t_rows = gl.arange(0, C, layout=ROWS)
+    t_cols = gl.arange(0, C, layout=COLS)
+    d_cols = gl.arange(0, D, layout=COLS)
+    m_cols = gl.arange(0, BR, layout=COLS)
+    causal = gl.expand_dims(t_rows, 1) >= gl.expand_dims(t_cols, 0)
+    o_base = o + i_b * sob + i_h * soh
+    for c in range(NT):
+        b = c % 2
+        mbarrier.wait(in_ready.index(b), (c // 2) & 1)
+        mbarrier.wait(st_ready.index(b), (c // 2) & 1)
+        row = (i_b * NT + c) * H + i_h
+        for j in gl.static_range(3):               # h[c]: the state before the chunk, for the backward
+            tma_store(h_desc, [row, j * BR, 0],
+                                            _as_box(s_buf.index(b * 3 + j), [1, BR, D]))
+        q_s = q_ring.index(b)
+        v_s = v_ring.index(b)
+        s = warpgroup_mma(q_s, k_ring.index(b).permute((1, 0)), zero_cc)
+        a = gl.where(causal, 1.0 + s * C1 + s * s * C2, 0.0)
+        den = gl.sum(a, 1)
+        num = warpgroup_mma(gl.convert_layout(a.to(gl.bfloat16), DOT_A), v_s, zero_cd)
+        for j in gl.static_range(3):
+            ca, cb = _row_constants(j * BR + m_cols, 0, zero_cc)
+            qa = warpgroup_mma(q_s, aq_s.index(j), ca, is_async=True)                   # [tokens, rows]
+            qb = warpgroup_mma(q_s, b_s.index(j), cb, is_async=True)
+            qa, qb = warpgroup_mma_wait(0, deps=[qa, qb])
+            phi = qa * qb
+            den += gl.sum(phi * gl.expand_dims(z_buf.index(b * 3 + j).load(COLS), 0), 1)
+            num = warpgroup_mma(gl.convert_layout(phi.to(gl.bfloat16), DOT_A), s_buf.index(b * 3 + j), num)
+        mbarrier.arrive(in_free.index(b), count=1)
+        w = 1.0 / (den + eps)
+        t = c * C + t_rows
+        o_ptrs = o_base + gl.expand_dims(t, 1) * sot + gl.expand_dims(d_cols, 0)
+        gl.store(o_ptrs, (num * gl.expand_dims(w, 1)).to(gl.bfloat16),
+                 mask=gl.expand_dims(t < T, 1) & gl.expand_dims(d_cols < D, 0))
+        gl.store(inv_den + (i_b * H + i_h) * T + t, w, mask=t < T)
+        tma.store_wait(0)
+        mbarrier.arrive(st_free.index(b), count=1)
+
+
+@gluon.jit
+def _hopper_forward_kernel(q_desc, k_desc, v_desc, h_desc, o, inv_den, hz, sel, sob, sot, soh, T, H, NT, eps,
+                           C1: gl.constexpr, C2: gl.constexpr):
+    """o, inv_den, h and hz of one (sequence, head). q, k, v: TMA descriptors of [B, T, H, X] with [1, C, 1, X]
+    boxes (zeros past T); h: of [rows * H, 153, 64] with [1, 64, 64] boxes (clipped at row 153)."""
+    i_bh = gl.program_id(0)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    C: gl.constexpr = CHUNK
+    F: gl.constexpr = FEATURE_DIM
+    D: gl.constexpr = HEAD_DIM
+    BR: gl.constexpr = ROW_BLOCK
+    MP: gl.constexpr = TABLE_ROWS
+    ld_fr: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])             # [F, BR] table tiles
+    ld_rf: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])            # [BR, F]
+    sl_cf: gl.constexpr = gl.NVMMASharedLayout.get_default_for([C, F], gl.bfloat16)
+    sl_fr: gl.constexpr = gl.NVMMASharedLayout.get_default_for([F, BR], gl.bfloat16)
+    sl_rf: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BR, F], gl.bfloat16)
+    sl_cd: gl.constexpr = gl.NVMMASharedLayout.get_default_for([C, D], gl.bfloat16)
+    q_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, F], sl_cf)
+    k_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, F], sl_cf)
+    v_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, D], sl_cd)
+    s_buf = gl.allocate_shared_memory(gl.bfloat16, [6, BR, D], sl_cd)                 # 2 states x 3 row blocks
+    z_buf = gl.allocate_shared_memory(gl.float32, [6, BR], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    aq_s = gl.allocate_shared_memory(gl.bfloat16, [3, F, BR], sl_fr)                   # selections, q side
+    b_s = gl.allocate_shared_memory(gl.bfloat16, [3, F, BR], sl_fr)
+    akt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], sl_rf)                  # transposed, k side
+    bt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], sl_rf)
+    in_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    in_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    st_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    st_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(in_ready.index(i), count=1)
+        mbarrier.init(in_free.index(i), count=2)
+        mbarrier.init(st_ready.index(i), count=1)
+        mbarrier.init(st_free.index(i), count=1)
+    f_r = gl.arange(0, F, layout=gl.SliceLayout(1, ld_fr))
+    m_c = gl.arange(0, BR, layout=gl.SliceLayout(0, ld_fr))
+    m_r = gl.arange(0, BR, layout=gl.SliceLayout(1, ld_rf))
+    f_c = gl.arange(0, F, layout=gl.SliceLayout(0, ld_rf))
+    for j in gl.static_range(3):                  # fused.feature_tables: A_q, A_k, B, then the transposed three
+        fm = gl.expand_dims(f_r, 1) * MP + j * BR + gl.expand_dims(m_c, 0)
+        aq_s.index(j).store(gl.load(sel + 0 * F * MP + fm))
+        b_s.index(j).store(gl.load(sel + 2 * F * MP + fm))
+        mf = (j * BR + gl.expand_dims(m_r, 1)) * F + gl.expand_dims(f_c, 0)
+        akt_s.index(j).store(gl.load(sel + 4 * F * MP + mf))
+        bt_s.index(j).store(gl.load(sel + 5 * F * MP + mf))
+    fence_async_shared()
+    thread_barrier()
+    worker_args = (q_desc, k_desc, v_desc, q_ring, k_ring, v_ring, s_buf, z_buf, akt_s, bt_s, in_ready, in_free,
+                   st_ready, st_free, hz, i_b, i_h, H, T, NT)
+    gl.warp_specialize([
+        (_output_partition, (q_ring, k_ring, v_ring, s_buf, z_buf, aq_s, b_s, in_ready, in_free, st_ready, st_free,
+                             h_desc, o, inv_den, i_b, i_h, H, T, NT, eps, sob, sot, soh, C1, C2)),
+        (_update_partition, worker_args),
+        (_loader_partition, worker_args),
+    ], [4, 1], [UPDATE_REGS, LOADER_REGS])
