@@ -11,7 +11,6 @@ import tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from triton.experimental.gluon._runtime import GluonASTSource
 
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
@@ -20,7 +19,10 @@ def compile_resources(kernel, signature: dict, constexprs: dict, attrs: dict, nu
                       arch: int, with_sass: bool = False, maxnreg: int = 0, gluon: bool = False) -> dict:
     """regs, stack (bytes; > 0 means spills), shared (bytes) and, with_sass, the SASS text of one compilation
     (maxnreg: Triton's register cap, 0 for none; gluon: a Gluon kernel)."""
-    source = GluonASTSource if gluon else ASTSource
+    if gluon:
+        from triton.experimental.gluon._runtime import GluonASTSource as source
+    else:
+        source = ASTSource
     compiled = triton.compile(source(kernel, signature, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32),
                               options=dict(num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg or None))

@@ -18,9 +18,10 @@ import torch
 import triton
 
 from ..compile_report import compile_resources, loop_bodies
-from . import gluon_kernels, triton_kernels as tk
+from . import triton_kernels as tk
 from .fused import (COMPACT_FEATURES, FEATURE_DIM, FEATURE_TABLE_ROWS, HOPPER_CHUNK, HOPPER_FORWARD_MAXNREG,
-                    HOPPER_HEAD_DIM, HOPPER_ROW_BLOCK, LaunchConfig, _dot_types, _feature_constants, launch_config)
+                    HOPPER_HEAD_DIM, HOPPER_ROW_BLOCK, LaunchConfig, _dot_types, _feature_constants, gluon_kernels,
+                    launch_config)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 INPUT_POINTERS = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "x", "y"}
@@ -131,7 +132,7 @@ def main():
             res = resources(kernel, constexprs, warps, stages, args.arch, args.dtype, state_dtype, regs)
             print(f"| {name} | {head_dim} | {warps} | {res['regs']} | {res['stack']} B | {res['shared']} B | "
                   f"{res['vector_loads']} | {res['narrow_loads']} | {', '.join(map(str, res['loops']))} |")
-    if args.arch == 90 and args.dtype == "bf16":
+    if args.arch == 90 and args.dtype == "bf16" and gluon_kernels is not None:
         res = hopper_forward_resources(args.arch)
         print(f"| Hopper forward (Gluon, 3 partitions; registers: the kernel's cap, setmaxnreg moves them) | 64 | "
               f"4 + 4 + 1 | {res['regs']} | {res['stack']} B | {res['shared']} B | TMA | TMA | |")

@@ -6,10 +6,7 @@ from typing import Optional
 
 import torch
 import triton.language as tl
-from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from . import gluon_kernels
 from .triton_kernels import (_bwd_delta_kernel, _bwd_grad_kernel, _chunk_state_kernel,
                              _fwd_output_kernel, _step_kernel)
 
@@ -18,6 +15,14 @@ FEATURES = 1 + FEATURE_DIM + FEATURE_DIM * FEATURE_DIM             # public stat
 PAIRS = FEATURE_DIM * (FEATURE_DIM - 1) // 2                       # off-diagonal pairs a != b (120)
 COMPACT_FEATURES = 1 + 2 * FEATURE_DIM + PAIRS                     # state rows inside the kernels (153)
 FEATURE_TABLE_ROWS = 256          # rows of the feature tables: covers the row blocks (<= 256 rows) the kernels take
+
+try:        # Gluon (triton >= 3.5; written against 3.6, compiles with 3.9): without it every forward is two-level
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from . import gluon_kernels
+except (ImportError, AttributeError):
+    gluon_kernels = None
 
 
 @dataclass(frozen=True)
@@ -330,9 +335,7 @@ HOPPER_FORWARD_MIN_WAVE_FILL = 0.7          # one program per (sequence, head) a
                                             # fill of its last wave the two-level forward (whose chunks fill the
                                             # GPU) is faster (measured: bench/notes_kernels.md, round 8)
 HOPPER_FORWARD_MAXNREG = 168                # 12 warps (three partitions) at one program per multiprocessor
-HOPPER_CHUNK = gluon_kernels.CHUNK.value
-HOPPER_HEAD_DIM = gluon_kernels.HEAD_DIM.value
-HOPPER_ROW_BLOCK = gluon_kernels.ROW_BLOCK.value
+HOPPER_CHUNK = HOPPER_HEAD_DIM = HOPPER_ROW_BLOCK = 64    # gluon_kernels' CHUNK, HEAD_DIM and ROW_BLOCK
 
 
 def _hopper_forward_applies(q, k, v, cu_seqlens, has_initial: bool, output_final_state: bool,
@@ -341,7 +344,7 @@ def _hopper_forward_applies(q, k, v, cu_seqlens, has_initial: bool, output_final
     out, on Hopper (sm_90: wgmma and TMA), for inputs the TMA can address (innermost stride 1, the others and the
     base 16-byte aligned) and batches whose sequences x heads fill its waves of one program per multiprocessor;
     everything else takes the two-level forward."""
-    if not (cfg.hopper_forward and q.is_cuda and q.dtype == torch.bfloat16 and q.shape[-1] == FEATURE_DIM
+    if not (gluon_kernels is not None and cfg.hopper_forward and q.is_cuda and q.dtype == torch.bfloat16 and q.shape[-1] == FEATURE_DIM
             and v.shape[-1] == HOPPER_HEAD_DIM and cfg.chunk == HOPPER_CHUNK and cu_seqlens is None
             and not has_initial and not output_final_state and _is_hopper(q.device)):
         return False

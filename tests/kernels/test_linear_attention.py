@@ -179,7 +179,11 @@ def test_scan_segments_match_one_segment(with_state, segment_chunks):
 def test_hopper_forward_dispatch_rules():
     """Where the Gluon forward (sm_90 only, so measured on the H200: bench/kernels.md) may run: CPU tensors, other
     dtypes, head dims, varlen and states take the two-level forward; the TMA needs 16-byte strides."""
-    from based_kernels.linear_attention.fused import _hopper_forward_applies, _tma_addressable
+    from based_kernels.linear_attention.fused import (HOPPER_CHUNK, HOPPER_HEAD_DIM, HOPPER_ROW_BLOCK,
+                                                      _hopper_forward_applies, _tma_addressable, gluon_kernels)
+
+    assert (gluon_kernels.CHUNK.value, gluon_kernels.HEAD_DIM.value, gluon_kernels.ROW_BLOCK.value) == \
+        (HOPPER_CHUNK, HOPPER_HEAD_DIM, HOPPER_ROW_BLOCK)
 
     q, k, v = random_qkv(16, 64, 16, 64, torch.float32, seed=1)
     cfg = LaunchConfig()
