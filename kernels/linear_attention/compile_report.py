@@ -19,8 +19,8 @@ import triton
 
 from ..compile_report import compile_resources, loop_bodies
 from . import triton_kernels as tk
-from .fused import (COMPACT_FEATURES, FEATURE_DIM, FEATURE_TABLE_ROWS, HOPPER_CHUNK, HOPPER_FORWARD_MAXNREG,
-                    HOPPER_HEAD_DIM, HOPPER_ROW_BLOCK, LaunchConfig, _dot_types, _feature_constants, gluon_kernels,
+from .fused import (COMPACT_FEATURES, FEATURE_DIM, FEATURE_TABLE_ROWS, HOPPER_FORWARD_MAXNREG, HOPPER_HEAD_DIM,
+                    LaunchConfig, _dot_types, _feature_constants, gluon_kernels, hopper_box_layout, hopper_boxes,
                     launch_config)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -95,19 +95,14 @@ def kernel_variants(head_dim: int, torch_dtype: torch.dtype, cfg: LaunchConfig):
 def hopper_forward_resources(arch: int) -> dict:
     """compile_resources of gluon_kernels' forward (bf16, D = 64) with the descriptors fused._hopper_forward
     passes."""
-    from triton.experimental.gluon import language as gl
-
     kernel = gluon_kernels._hopper_forward_kernel
-    chunk, rows, dim = HOPPER_CHUNK, HOPPER_ROW_BLOCK, HOPPER_HEAD_DIM
-    boxes = {"q_desc": [1, chunk, 1, FEATURE_DIM], "k_desc": [1, chunk, 1, FEATURE_DIM],
-             "v_desc": [1, chunk, 1, dim], "h_desc": [1, rows, dim]}
+    boxes = hopper_boxes(FEATURE_DIM, HOPPER_HEAD_DIM)
     pointers = {"o": "*bf16", "inv_den": "*fp32", "hz": "*fp32", "sel": "*bf16"}
     constexprs = dict(C1=FEATURE_DIM ** -0.5, C2=1.0 / (2 * FEATURE_DIM))
     signature, attrs = {}, {}
     for i, name in enumerate(kernel.arg_names):
         if name in boxes:
-            layout = gl.NVMMASharedLayout.get_default_for(boxes[name], gl.bfloat16)
-            signature[name] = f"tensordesc<bf16[{', '.join(map(str, boxes[name]))}],{layout!r}>"
+            signature[name] = f"tensordesc<bf16[{', '.join(map(str, boxes[name]))}],{hopper_box_layout(boxes[name])!r}>"
         elif name in pointers:
             signature[name] = pointers[name]
             attrs[(i,)] = [["tt.divisibility", 16]]

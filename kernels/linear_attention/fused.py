@@ -344,9 +344,9 @@ def _hopper_forward_applies(q, k, v, cu_seqlens, has_initial: bool, output_final
     out, on Hopper (sm_90: wgmma and TMA), for inputs the TMA can address (innermost stride 1, the others and the
     base 16-byte aligned) and batches whose sequences x heads fill its waves of one program per multiprocessor;
     everything else takes the two-level forward."""
-    if not (gluon_kernels is not None and cfg.hopper_forward and q.is_cuda and q.dtype == torch.bfloat16 and q.shape[-1] == FEATURE_DIM
-            and v.shape[-1] == HOPPER_HEAD_DIM and cfg.chunk == HOPPER_CHUNK and cu_seqlens is None
-            and not has_initial and not output_final_state and _is_hopper(q.device)):
+    if not (gluon_kernels is not None and cfg.hopper_forward and q.is_cuda and q.dtype == torch.bfloat16
+            and q.shape[-1] == FEATURE_DIM and v.shape[-1] == HOPPER_HEAD_DIM and cfg.chunk == HOPPER_CHUNK
+            and cu_seqlens is None and not has_initial and not output_final_state and _is_hopper(q.device)):
         return False
     programs, sms = q.shape[0] * q.shape[2], _multiprocessors(q.device)
     if programs < HOPPER_FORWARD_MIN_WAVE_FILL * _cdiv(programs, sms) * sms:
@@ -364,6 +364,17 @@ def _tma_addressable(x: torch.Tensor) -> bool:
             and all(stride * x.element_size() % 16 == 0 for stride in x.stride()[:-1]))
 
 
+def hopper_boxes(feature_dim: int, head_dim: int) -> dict:
+    """The TMA boxes of gluon_kernels' descriptor arguments: q, k, v chunks of [B, T, H, X] and state row blocks of
+    [chunks * H, 153, D]; with hopper_box_layout, what _hopper_forward passes (and compile_report compiles)."""
+    return {"q_desc": [1, HOPPER_CHUNK, 1, feature_dim], "k_desc": [1, HOPPER_CHUNK, 1, feature_dim],
+            "v_desc": [1, HOPPER_CHUNK, 1, head_dim], "h_desc": [1, HOPPER_ROW_BLOCK, head_dim]}
+
+
+def hopper_box_layout(box: list):
+    return gl.NVMMASharedLayout.get_default_for(box, gl.bfloat16)
+
+
 def _hopper_forward(q, k, v, eps):
     """o, inv_den and the per-chunk states (as _scan stores them) from gluon_kernels' fused forward."""
     B, T, H, F = q.shape
@@ -373,17 +384,12 @@ def _hopper_forward(q, k, v, eps):
     inv_den = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
     h = q.new_empty(B * n_chunks, H, COMPACT_FEATURES, D)
     hz = q.new_empty(B * n_chunks, H, COMPACT_FEATURES, dtype=torch.float32)
-
-    def desc(x, box):
-        return TensorDescriptor(x, list(x.shape), list(x.stride()), box,
-                                gl.NVMMASharedLayout.get_default_for(box, gl.bfloat16))
-
     h_rows = h.view(B * n_chunks * H, COMPACT_FEATURES, D)
+    descriptors = [TensorDescriptor(x, list(x.shape), list(x.stride()), box, hopper_box_layout(box))
+                   for x, box in zip((q, k, v, h_rows), hopper_boxes(F, D).values())]      # the kernel's order
     gluon_kernels._hopper_forward_kernel[(B * H,)](
-        desc(q, [1, HOPPER_CHUNK, 1, F]), desc(k, [1, HOPPER_CHUNK, 1, F]), desc(v, [1, HOPPER_CHUNK, 1, D]),
-        desc(h_rows, [1, HOPPER_ROW_BLOCK, D]),
-        o, inv_den, hz, feature_tables(q.dtype, q.device), o.stride(0), o.stride(1), o.stride(2), T, H, n_chunks,
-        eps, C1=F ** -0.5, C2=1.0 / (2 * F), num_warps=4, maxnreg=HOPPER_FORWARD_MAXNREG)
+        *descriptors, o, inv_den, hz, feature_tables(q.dtype, q.device), o.stride(0), o.stride(1), o.stride(2), T,
+        H, n_chunks, eps, C1=F ** -0.5, C2=1.0 / (2 * F), num_warps=4, maxnreg=HOPPER_FORWARD_MAXNREG)
     return o, inv_den, ScanResult(h, hz, None)
 
 
