@@ -97,7 +97,7 @@ def hopper_forward_resources(arch: int) -> dict:
     passes."""
     kernel = gluon_kernels._hopper_forward_kernel
     boxes = hopper_boxes(FEATURE_DIM, HOPPER_HEAD_DIM)
-    pointers = {"o": "*bf16", "inv_den": "*fp32", "hz": "*fp32", "sel": "*bf16"}
+    pointers = {"inv_den": "*fp32", "hz": "*fp32", "ends": "*fp32", "sel": "*bf16"}
     constexprs = dict(C1=FEATURE_DIM ** -0.5, C2=1.0 / (2 * FEATURE_DIM))
     signature, attrs = {}, {}
     for i, name in enumerate(kernel.arg_names):

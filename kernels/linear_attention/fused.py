@@ -49,6 +49,7 @@ class LaunchConfig:
     grad_regs: int = 0
     hopper_forward: bool = True   # the warp-specialised Gluon forward (gluon_kernels) where it applies
                                   # (_hopper_forward_applies); False: always the two-level scan + output kernels
+    hopper_segment_chunks: int = 0    # chunks per program of the Hopper forward; 0: hopper_segments' choice
 
 
 SCAN_PROGRAMS_PER_SM = 6      # a scan segment per program ... until this many programs per multiprocessor
@@ -288,18 +289,10 @@ def _scan(x, y, inv_den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, 
     ends = None
     if nseg > 1 or want_end:
         ends = x.new_empty(n_seq, nseg, H, _packed_size(D), dtype=torch.float32)
-    types = _dot_types(x.dtype)
-    grid = (_cdiv(COMPACT_FEATURES, cfg.state_rows), _cdiv(D, cfg.state_d), n_seq * H * nseg)
 
     def scan_pass(boundary_state, sum_totals, store_h, store_end):
-        _chunk_state_kernel[grid](
-            x, y, _or_dummy(inv_den, x), _or_dummy(r, x), h, hz, _or_dummy(boundary_state, x), _or_dummy(ends, x),
-            feature_tables(x.dtype, x.device), cu_seqlens, layout.offsets, *x.stride(), *y.stride(), T, H,
-            layout.chunks_per_seq, nseg, layout.segment_chunks, D=D, F=F, M=COMPACT_FEATURES, MP=FEATURE_TABLE_ROWS,
-            C=cfg.chunk, BR=cfg.state_rows, BD=cfg.state_d, IS_VARLEN=cu_seqlens is not None, REVERSE=reverse,
-            HAS_INIT=boundary_state is not None, SUM_TOTALS=sum_totals, STORE_H=store_h, STORE_END=store_end,
-            PREC=types["PREC"], STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"],
-            num_warps=cfg.state_warps, num_stages=cfg.state_stages, maxnreg=cfg.state_regs or None)
+        _scan_pass(x, y, inv_den, r, h, hz, boundary_state, ends, cfg, layout, cu_seqlens, n_seq, reverse,
+                   sum_totals=sum_totals, store_h=store_h, store_end=store_end)
 
     if nseg == 1:
         scan_pass(init, sum_totals=False, store_h=True, store_end=want_end)
@@ -311,6 +304,23 @@ def _scan(x, y, inv_den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, 
         total = ends.sum(1)
         end = _unpack(total if init is None else total + init, D)
     return ScanResult(h, hz, end)
+
+
+def _scan_pass(x, y, inv_den, r, h, hz, boundary, ends, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens,
+               n_seq: int, reverse: bool, sum_totals: bool, store_h: bool, store_end: bool):
+    """One pass of _chunk_state_kernel over every segment (see _scan)."""
+    B, T, H, F = x.shape
+    D = y.shape[-1]
+    types = _dot_types(x.dtype)
+    grid = (_cdiv(COMPACT_FEATURES, cfg.state_rows), _cdiv(D, cfg.state_d), n_seq * H * layout.segments)
+    _chunk_state_kernel[grid](
+        x, y, _or_dummy(inv_den, x), _or_dummy(r, x), _or_dummy(h, x), _or_dummy(hz, x), _or_dummy(boundary, x),
+        _or_dummy(ends, x), feature_tables(x.dtype, x.device), cu_seqlens, layout.offsets, *x.stride(), *y.stride(),
+        T, H, layout.chunks_per_seq, layout.segments, layout.segment_chunks, D=D, F=F, M=COMPACT_FEATURES,
+        MP=FEATURE_TABLE_ROWS, C=cfg.chunk, BR=cfg.state_rows, BD=cfg.state_d, IS_VARLEN=cu_seqlens is not None,
+        REVERSE=reverse, HAS_INIT=boundary is not None, SUM_TOTALS=sum_totals, STORE_H=store_h, STORE_END=store_end,
+        PREC=types["PREC"], STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"],
+        num_warps=cfg.state_warps, num_stages=cfg.state_stages, maxnreg=cfg.state_regs or None)
 
 
 def _output(q, k, v, scan: ScanResult, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, eps):
@@ -331,9 +341,6 @@ def _output(q, k, v, scan: ScanResult, cfg: LaunchConfig, layout: ChunkLayout, c
     return o, inv_den
 
 
-HOPPER_FORWARD_MIN_WAVE_FILL = 0.7          # one program per (sequence, head) and per multiprocessor: below this
-                                            # fill of its last wave the two-level forward (whose chunks fill the
-                                            # GPU) is faster (measured: bench/notes_kernels.md, round 8)
 HOPPER_FORWARD_MAXNREG = 168                # 12 warps (three partitions) at one program per multiprocessor
 HOPPER_CHUNK = HOPPER_HEAD_DIM = HOPPER_ROW_BLOCK = 64    # gluon_kernels' CHUNK, HEAD_DIM and ROW_BLOCK
 
@@ -342,16 +349,12 @@ def _hopper_forward_applies(q, k, v, cu_seqlens, has_initial: bool, output_final
                             cfg: LaunchConfig) -> bool:
     """The Gluon forward covers bf16, head dim 64, 64-token chunks, fixed-length batches without a state in or
     out, on Hopper (sm_90: wgmma and TMA), for inputs the TMA can address (innermost stride 1, the others and the
-    base 16-byte aligned) and batches whose sequences x heads fill its waves of one program per multiprocessor;
-    everything else takes the two-level forward."""
-    if not (gluon_kernels is not None and cfg.hopper_forward and q.is_cuda and q.dtype == torch.bfloat16
+    base 16-byte aligned); everything else takes the two-level forward. (With its segments it was faster than the
+    two-level forward at every batch shape measured: bench/notes_kernels.md, round 9.)"""
+    return (gluon_kernels is not None and cfg.hopper_forward and q.is_cuda and q.dtype == torch.bfloat16
             and q.shape[-1] == FEATURE_DIM and v.shape[-1] == HOPPER_HEAD_DIM and cfg.chunk == HOPPER_CHUNK
-            and cu_seqlens is None and not has_initial and not output_final_state and _is_hopper(q.device)):
-        return False
-    programs, sms = q.shape[0] * q.shape[2], _multiprocessors(q.device)
-    if programs < HOPPER_FORWARD_MIN_WAVE_FILL * _cdiv(programs, sms) * sms:
-        return False
-    return all(_tma_addressable(x) for x in (q, k, v))
+            and cu_seqlens is None and not has_initial and not output_final_state and _is_hopper(q.device)
+            and all(_tma_addressable(x) for x in (q, k, v)))
 
 
 @functools.lru_cache
@@ -365,31 +368,60 @@ def _tma_addressable(x: torch.Tensor) -> bool:
 
 
 def hopper_boxes(feature_dim: int, head_dim: int) -> dict:
-    """The TMA boxes of gluon_kernels' descriptor arguments: q, k, v chunks of [B, T, H, X] and state row blocks of
-    [chunks * H, 153, D]; with hopper_box_layout, what _hopper_forward passes (and compile_report compiles)."""
+    """The TMA boxes of gluon_kernels' descriptor arguments: q, k, v, o chunks of [B, T, H, X] and state row blocks
+    of [chunks * H, 153, D]; with hopper_box_layout, what _hopper_forward passes (and compile_report compiles)."""
     return {"q_desc": [1, HOPPER_CHUNK, 1, feature_dim], "k_desc": [1, HOPPER_CHUNK, 1, feature_dim],
-            "v_desc": [1, HOPPER_CHUNK, 1, head_dim], "h_desc": [1, HOPPER_ROW_BLOCK, head_dim]}
+            "v_desc": [1, HOPPER_CHUNK, 1, head_dim], "h_desc": [1, HOPPER_ROW_BLOCK, head_dim],
+            "o_desc": [1, HOPPER_CHUNK, 1, head_dim]}
 
 
 def hopper_box_layout(box: list):
     return gl.NVMMASharedLayout.get_default_for(box, gl.bfloat16)
 
 
-def _hopper_forward(q, k, v, eps):
-    """o, inv_den and the per-chunk states (as _scan stores them) from gluon_kernels' fused forward."""
+@functools.lru_cache(maxsize=256)
+def hopper_segments(programs: int, n_chunks: int, sms: int, segment_chunks: int = 0) -> int:
+    """Chunks per program of the Hopper forward for `programs` sequences x heads of n_chunks chunks (or
+    segment_chunks when given): the segment length of the least time in chunk steps (~2.1 us each on the H200) at one
+    program per multiprocessor, waves x segment length, plus with several segments the first pass that stores their
+    totals (~5 steps + one per 3 x sms chunk rows) and the totals each program sums ((segments - 1) / 2 steps);
+    fitted to the round 9 sweep (bench/notes_kernels.md). The longest segment on a tie."""
+    if segment_chunks:
+        return min(segment_chunks, n_chunks)
+
+    def steps(seg):
+        n_seg = _cdiv(n_chunks, seg)
+        extra = 5 + programs * n_chunks / (3 * sms) + (n_seg - 1) / 2 if n_seg > 1 else 0
+        return _cdiv(programs * n_seg, sms) * seg + extra
+
+    candidates = {_cdiv(n_chunks, n_seg) for n_seg in range(1, min(n_chunks, 4 * _cdiv(sms, programs)) + 1)}
+    return min(candidates, key=lambda seg: (steps(seg), -seg))
+
+
+def _hopper_forward(q, k, v, eps, cfg: LaunchConfig):
+    """o, inv_den and the per-chunk states (as _scan stores them) from gluon_kernels' fused forward; sequences cut
+    into segments (hopper_segments) start from the sum of the earlier segments' totals, which the two-level scan's
+    first pass stores."""
     B, T, H, F = q.shape
     D = v.shape[-1]
     n_chunks = _cdiv(T, HOPPER_CHUNK)
-    o = torch.empty_like(v)
+    seg = hopper_segments(B * H, n_chunks, _multiprocessors(q.device), cfg.hopper_segment_chunks)
+    layout = ChunkLayout(B * n_chunks, n_chunks, n_chunks, None, None, _cdiv(n_chunks, seg), seg)
+    ends = None
+    if layout.segments > 1:
+        ends = q.new_empty(B, layout.segments, H, _packed_size(D), dtype=torch.float32)
+        _scan_pass(k, v, None, None, None, None, None, ends, cfg, layout, None, B, reverse=False, sum_totals=False,
+                   store_h=False, store_end=True)
+    o = torch.empty_like(v)                     # v's strides: TMA-addressable as v is
     inv_den = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
     h = q.new_empty(B * n_chunks, H, COMPACT_FEATURES, D)
     hz = q.new_empty(B * n_chunks, H, COMPACT_FEATURES, dtype=torch.float32)
     h_rows = h.view(B * n_chunks * H, COMPACT_FEATURES, D)
     descriptors = [TensorDescriptor(x, list(x.shape), list(x.stride()), box, hopper_box_layout(box))
-                   for x, box in zip((q, k, v, h_rows), hopper_boxes(F, D).values())]      # the kernel's order
-    gluon_kernels._hopper_forward_kernel[(B * H,)](
-        *descriptors, o, inv_den, hz, feature_tables(q.dtype, q.device), o.stride(0), o.stride(1), o.stride(2), T,
-        H, n_chunks, eps, C1=F ** -0.5, C2=1.0 / (2 * F), num_warps=4, maxnreg=HOPPER_FORWARD_MAXNREG)
+                   for x, box in zip((q, k, v, h_rows, o), hopper_boxes(F, D).values())]   # the kernel's order
+    gluon_kernels._hopper_forward_kernel[(B * H * layout.segments,)](
+        *descriptors, inv_den, hz, _or_dummy(ends, hz), feature_tables(q.dtype, q.device), T, H, n_chunks,
+        layout.segments, seg, eps, C1=F ** -0.5, C2=1.0 / (2 * F), num_warps=4, maxnreg=HOPPER_FORWARD_MAXNREG)
     return o, inv_den, ScanResult(h, hz, None)
 
 
@@ -403,7 +435,7 @@ class LinearAttentionFunction(torch.autograd.Function):
         cfg = tuning if isinstance(tuning, LaunchConfig) else launch_config(D, q.device, **tuning)
         layout = chunk_layout(B, T, cu_seqlens, cfg, H, D, q.device)
         if _hopper_forward_applies(q, k, v, cu_seqlens, s_init is not None, output_final_state, cfg):
-            o, inv_den, scan = _hopper_forward(q, k, v, eps)
+            o, inv_den, scan = _hopper_forward(q, k, v, eps, cfg)
         else:
             initial = None if s_init is None else (to_compact(s_init), to_compact(z_init))
             scan = _scan(k, v, None, None, cfg, layout, cu_seqlens, n_seq, reverse=False, boundary=initial,

@@ -2,17 +2,21 @@
 Gluon kernel (sm_90: TMA, mbarriers, wgmma), for bf16, head dim 64, fixed-length batches (fused.py decides when).
 
 Same compact feature map, selection tables and state layout as triton_kernels.py (its docstring). One program per
-(sequence, head) walks the chunks of C = 64 tokens; the state never leaves the chip on the way to the outputs:
+(sequence, head, segment) walks the segment's chunks of C = 64 tokens from the segment's starting state (zero, or
+the sum of the earlier segments' totals that the two-level scan's first pass stored in `ends`); the state never
+leaves the chip on the way to the outputs:
   update partition (4 warps)  S_j += phi_k_j(k)^T v, z_j += colsum phi_k_j  for row blocks j = 0, 1, 2 of 64 rows:
                               the state lives in its registers (fp32 wgmma accumulators); after each chunk it
-                              publishes the state's bf16 copy and z into shared buffer n % 2 and hz[n] to HBM
+                              publishes the state's bf16 copy and z into shared buffer n % 2, and stores that copy
+                              (TMA) and z to HBM as h[n], hz[n], the states the backward reads
   output partition (default)  num = causal(1 + s/sqrt(F) + s^2/(2F)) v + sum_j phi_q_j(q) S_j,
                               den = rowsum(a) + sum_j phi_q_j . z_j, from the published copy of the state before the
-                              chunk; writes o, inv_den and (TMA) h[n], the state the backward reads
+                              chunk; writes o (through shared memory, TMA) and inv_den
   loader partition (1 warp)   TMA loads of the q, k, v chunks into a 2-deep ring
 mbarriers: in_ready (the ring's bytes arrived), in_free (both consumers are done with a ring slot), st_ready (state
-n is published), st_free (the output partition is done with a state buffer and its h store). The two chains run
-side by side, each with its own register budget (the update partition's state takes 96 of its registers).
+n is published), st_free (the output partition is done with a state buffer). The two chains run side by side, each
+with its own register budget (the update partition's state takes 96 of its registers). Every store leaves by TMA
+from shared memory except inv_den and hz: o stored from the wgmma layout by pointers cost 15% of the kernel.
 h and hz are exactly what the two-level scan stores (the backward is shared).
 """
 
@@ -36,6 +40,7 @@ HEAD_DIM = gl.constexpr(64)
 STATE_ROWS = gl.constexpr(1 + 2 * 16 + 16 * 15 // 2)        # fused.COMPACT_FEATURES (153)
 ROW_BLOCK = gl.constexpr(64)                                # state rows per accumulator (3 blocks cover 153)
 TABLE_ROWS = gl.constexpr(256)                              # fused.FEATURE_TABLE_ROWS
+PACKED = gl.constexpr((STATE_ROWS * (HEAD_DIM + 1) + 15) // 16 * 16)   # a packed fp32 state in ends (fused._pack)
 _WGMMA_LAYOUT = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
 MMA = gl.constexpr(_WGMMA_LAYOUT)                                           # [64, 64] fp32 accumulators
 DOT_A = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=_WGMMA_LAYOUT, k_width=2))   # A from registers
@@ -66,31 +71,31 @@ def _row_constants(m, dim: gl.constexpr, like):
 
 
 @gluon.jit
-def _loader_partition(q_desc, k_desc, v_desc, q_ring, k_ring, v_ring, s_buf, z_buf, akt_s, bt_s, in_ready, in_free,
-                      st_ready, st_free, hz, i_b, i_h, H, T, NT):
-    """TMA loads of chunk c into ring slot c % 2 once both consumers are done with it. (Worker partitions share one
-    signature, hence the arguments only the update partition uses.)"""
+def _loader_partition(q_desc, k_desc, v_desc, h_desc, q_ring, k_ring, v_ring, s_buf, z_buf, akt_s, bt_s, in_ready,
+                      in_free, st_ready, st_free, hz, ends, i_b, i_h, i_s, H, T, NT, NSEG, first, n):
+    """TMA loads of the segment's chunk c (chunk first + c of the sequence) into ring slot c % 2 once both
+    consumers are done with it. (Worker partitions share one signature, hence the update partition's arguments.)"""
     C: gl.constexpr = CHUNK
     F: gl.constexpr = FEATURE_DIM
     D: gl.constexpr = HEAD_DIM
-    for c in range(NT):
+    for c in range(n):
         b = c % 2
         mbarrier.wait(in_free.index(b), ((c // 2) & 1) ^ 1)
         bar = in_ready.index(b)
         mbarrier.expect(bar, C * (2 * F + D) * 2)
-        tma_load(q_desc, [i_b, c * C, i_h, 0], bar,
-                                        _as_box(q_ring.index(b), [1, C, 1, F]))
-        tma_load(k_desc, [i_b, c * C, i_h, 0], bar,
-                                        _as_box(k_ring.index(b), [1, C, 1, F]))
-        tma_load(v_desc, [i_b, c * C, i_h, 0], bar,
-                                        _as_box(v_ring.index(b), [1, C, 1, D]))
+        t0 = (first + c) * C
+        tma_load(q_desc, [i_b, t0, i_h, 0], bar, _as_box(q_ring.index(b), [1, C, 1, F]))
+        tma_load(k_desc, [i_b, t0, i_h, 0], bar, _as_box(k_ring.index(b), [1, C, 1, F]))
+        tma_load(v_desc, [i_b, t0, i_h, 0], bar, _as_box(v_ring.index(b), [1, C, 1, D]))
 
 
 @gluon.jit
-def _publish(n, s0, s1, s2, z0, z1, z2, s_buf, z_buf, st_ready, st_free, hz, i_b, i_h, H, NT):
-    """State n (before chunk n): bf16 copy into s_buf[n % 2], z into z_buf[n % 2], hz[n] to HBM."""
+def _publish(n, s0, s1, s2, z0, z1, z2, s_buf, z_buf, st_ready, st_free, h_desc, hz, i_b, i_h, H, NT, first):
+    """State n of the segment (before its chunk n): bf16 copy into s_buf[n % 2], z into z_buf[n % 2]; that copy to
+    h (TMA) and z to hz, at the row of chunk first + n."""
     b = n % 2
     mbarrier.wait(st_free.index(b), ((n // 2) & 1) ^ 1)
+    tma.store_wait(3)                       # the h stores of state n - 2 (same buffer) have read it
     s_buf.index(b * 3 + 0).store(s0.to(gl.bfloat16))
     s_buf.index(b * 3 + 1).store(s1.to(gl.bfloat16))
     s_buf.index(b * 3 + 2).store(s2.to(gl.bfloat16))
@@ -99,7 +104,9 @@ def _publish(n, s0, s1, s2, z0, z1, z2, s_buf, z_buf, st_ready, st_free, hz, i_b
     z_buf.index(b * 3 + 2).store(z2)
     fence_async_shared()
     mbarrier.arrive(st_ready.index(b), count=1)
-    row = (i_b * NT + n) * H + i_h
+    row = (i_b * NT + first + n) * H + i_h
+    for j in gl.static_range(3):
+        tma_store(h_desc, [row, j * ROW_BLOCK, 0], _as_box(s_buf.index(b * 3 + j), [1, ROW_BLOCK, HEAD_DIM]))
     m = gl.arange(0, ROW_BLOCK, layout=ROWS)
     gl.store(hz + row * STATE_ROWS + m, z0)
     gl.store(hz + row * STATE_ROWS + ROW_BLOCK + m, z1)
@@ -107,27 +114,41 @@ def _publish(n, s0, s1, s2, z0, z1, z2, s_buf, z_buf, st_ready, st_free, hz, i_b
 
 
 @gluon.jit
-def _update_partition(q_desc, k_desc, v_desc, q_ring, k_ring, v_ring, s_buf, z_buf, akt_s, bt_s, in_ready, in_free,
-                      st_ready, st_free, hz, i_b, i_h, H, T, NT):
-    """The state in registers, S_j += phi_k_j^T v per chunk, published after each chunk (_publish)."""
+def _segment_start(ends, i_b, i_h, i_s, H, NSEG, j: gl.constexpr):
+    """Row block j of segment i_s's starting state: the sum of the earlier segments' totals (packed fp32 rows of
+    ends [B, NSEG, H, PACKED]: S, then z); zeros for the first segment."""
+    m = j * ROW_BLOCK + gl.arange(0, ROW_BLOCK, layout=ROWS)
+    d = gl.arange(0, HEAD_DIM, layout=COLS)
+    s_offs = gl.expand_dims(m, 1) * HEAD_DIM + gl.expand_dims(d, 0)
+    s = gl.zeros([ROW_BLOCK, HEAD_DIM], gl.float32, MMA)
+    z = gl.zeros([ROW_BLOCK], gl.float32, ROWS)
+    for p in range(i_s):
+        total = ends + ((i_b * NSEG + p) * H + i_h).to(gl.int64) * PACKED
+        s += gl.load(total + s_offs, mask=gl.expand_dims(m < STATE_ROWS, 1), other=0.0)
+        z += gl.load(total + STATE_ROWS * HEAD_DIM + m, mask=m < STATE_ROWS, other=0.0)
+    return s, z
+
+
+@gluon.jit
+def _update_partition(q_desc, k_desc, v_desc, h_desc, q_ring, k_ring, v_ring, s_buf, z_buf, akt_s, bt_s, in_ready,
+                      in_free, st_ready, st_free, hz, ends, i_b, i_h, i_s, H, T, NT, NSEG, first, n):
+    """The state in registers, from the segment's start, S_j += phi_k_j^T v per chunk, published before the first
+    chunk and after each but the last (_publish)."""
     C: gl.constexpr = CHUNK
     BR: gl.constexpr = ROW_BLOCK
     zero_cc = gl.zeros([C, C], gl.float32, MMA)
-    s0 = gl.zeros([BR, HEAD_DIM], gl.float32, MMA)
-    s1 = gl.zeros([BR, HEAD_DIM], gl.float32, MMA)
-    s2 = gl.zeros([BR, HEAD_DIM], gl.float32, MMA)
-    z0 = gl.zeros([BR], gl.float32, ROWS)
-    z1 = gl.zeros([BR], gl.float32, ROWS)
-    z2 = gl.zeros([BR], gl.float32, ROWS)
+    s0, z0 = _segment_start(ends, i_b, i_h, i_s, H, NSEG, 0)
+    s1, z1 = _segment_start(ends, i_b, i_h, i_s, H, NSEG, 1)
+    s2, z2 = _segment_start(ends, i_b, i_h, i_s, H, NSEG, 2)
     m_rows = gl.arange(0, BR, layout=ROWS)
     t_cols = gl.arange(0, C, layout=COLS)
-    _publish(0, s0, s1, s2, z0, z1, z2, s_buf, z_buf, st_ready, st_free, hz, i_b, i_h, H, NT)
-    for c in range(NT):
+    _publish(0, s0, s1, s2, z0, z1, z2, s_buf, z_buf, st_ready, st_free, h_desc, hz, i_b, i_h, H, NT, first)
+    for c in range(n):
         b = c % 2
         mbarrier.wait(in_ready.index(b), (c // 2) & 1)
         kt = k_ring.index(b).permute((1, 0))                                          # k^T [F, C]
         v_s = v_ring.index(b)
-        valid = gl.expand_dims(c * C + t_cols < T, 0)
+        valid = gl.expand_dims((first + c) * C + t_cols < T, 0)
         for j in gl.static_range(3):
             ca, cb = _row_constants(j * BR + m_rows, 1, zero_cc)
             ka = warpgroup_mma(akt_s.index(j), kt, ca, is_async=True)                  # [rows, tokens]
@@ -145,14 +166,16 @@ def _update_partition(q_desc, k_desc, v_desc, q_ring, k_ring, v_ring, s_buf, z_b
                 z2 += gl.sum(phi_t, 1)
                 s2 = warpgroup_mma(phi_op, v_s, s2)
         mbarrier.arrive(in_free.index(b), count=1)
-        if c + 1 < NT:
-            _publish(c + 1, s0, s1, s2, z0, z1, z2, s_buf, z_buf, st_ready, st_free, hz, i_b, i_h, H, NT)
+        if c + 1 < n:
+            _publish(c + 1, s0, s1, s2, z0, z1, z2, s_buf, z_buf, st_ready, st_free, h_desc, hz, i_b, i_h, H, NT,
+                     first)
+    tma.store_wait(0)
 
 
 @gluon.jit
-def _output_partition(q_ring, k_ring, v_ring, s_buf, z_buf, aq_s, b_s, in_ready, in_free, st_ready, st_free, h_desc,
-                      o, inv_den, i_b, i_h, H, T, NT, eps, sob, sot, soh, C1: gl.constexpr, C2: gl.constexpr):
-    """o and inv_den of each chunk from the published state before it; h[c] stored from that copy by TMA."""
+def _output_partition(q_ring, k_ring, v_ring, s_buf, z_buf, o_buf, aq_s, b_s, in_ready, in_free, st_ready, st_free,
+                      o_desc, inv_den, i_b, i_h, H, T, first, n, eps, C1: gl.constexpr, C2: gl.constexpr):
+    """o and inv_den of each chunk from the published state before it."""
     C: gl.constexpr = CHUNK
     BR: gl.constexpr = ROW_BLOCK
     D: gl.constexpr = HEAD_DIM
@@ -160,18 +183,12 @@ def _output_partition(q_ring, k_ring, v_ring, s_buf, z_buf, aq_s, b_s, in_ready,
     zero_cd = gl.zeros([C, D], gl.float32, MMA)
     t_rows = gl.arange(0, C, layout=ROWS)
     t_cols = gl.arange(0, C, layout=COLS)
-    d_cols = gl.arange(0, D, layout=COLS)
     m_cols = gl.arange(0, BR, layout=COLS)
     causal = gl.expand_dims(t_rows, 1) >= gl.expand_dims(t_cols, 0)
-    o_base = o + i_b * sob + i_h * soh
-    for c in range(NT):
+    for c in range(n):
         b = c % 2
         mbarrier.wait(in_ready.index(b), (c // 2) & 1)
         mbarrier.wait(st_ready.index(b), (c // 2) & 1)
-        row = (i_b * NT + c) * H + i_h
-        for j in gl.static_range(3):               # h[c]: the state before the chunk, for the backward
-            tma_store(h_desc, [row, j * BR, 0],
-                                            _as_box(s_buf.index(b * 3 + j), [1, BR, D]))
         q_s = q_ring.index(b)
         v_s = v_ring.index(b)
         s = warpgroup_mma(q_s, k_ring.index(b).permute((1, 0)), zero_cc)
@@ -187,24 +204,30 @@ def _output_partition(q_ring, k_ring, v_ring, s_buf, z_buf, aq_s, b_s, in_ready,
             den += gl.sum(phi * gl.expand_dims(z_buf.index(b * 3 + j).load(COLS), 0), 1)
             num = warpgroup_mma(gl.convert_layout(phi.to(gl.bfloat16), DOT_A), s_buf.index(b * 3 + j), num)
         mbarrier.arrive(in_free.index(b), count=1)
-        w = 1.0 / (den + eps)
-        t = c * C + t_rows
-        o_ptrs = o_base + gl.expand_dims(t, 1) * sot + gl.expand_dims(d_cols, 0)
-        gl.store(o_ptrs, (num * gl.expand_dims(w, 1)).to(gl.bfloat16),
-                 mask=gl.expand_dims(t < T, 1) & gl.expand_dims(d_cols < D, 0))
-        gl.store(inv_den + (i_b * H + i_h) * T + t, w, mask=t < T)
-        tma.store_wait(0)
         mbarrier.arrive(st_free.index(b), count=1)
+        w = 1.0 / (den + eps)
+        t0 = (first + c) * C
+        t = t0 + t_rows
+        tma.store_wait(0)                          # the previous chunk's o store has read o_buf
+        o_buf.store((num * gl.expand_dims(w, 1)).to(gl.bfloat16))
+        fence_async_shared()
+        tma_store(o_desc, [i_b, t0, i_h, 0], _as_box(o_buf, [1, C, 1, D]))          # rows past T are clipped
+        gl.store(inv_den + (i_b * H + i_h) * T + t, w, mask=t < T)
+    tma.store_wait(0)
 
 
 @gluon.jit
-def _hopper_forward_kernel(q_desc, k_desc, v_desc, h_desc, o, inv_den, hz, sel, sob, sot, soh, T, H, NT, eps,
+def _hopper_forward_kernel(q_desc, k_desc, v_desc, h_desc, o_desc, inv_den, hz, ends, sel, T, H, NT, NSEG, SEG, eps,
                            C1: gl.constexpr, C2: gl.constexpr):
-    """o, inv_den, h and hz of one (sequence, head). q, k, v: TMA descriptors of [B, T, H, X] with [1, C, 1, X]
-    boxes (zeros past T); h: of [rows * H, 153, 64] with [1, 64, 64] boxes (clipped at row 153)."""
-    i_bh = gl.program_id(0)
-    i_b = i_bh // H
-    i_h = i_bh % H
+    """o, inv_den, h and hz of one (sequence, head, segment of SEG chunks). q, k, v, o: TMA descriptors of
+    [B, T, H, X] with [1, C, 1, X] boxes (loads read zeros past T, stores are clipped there); h: of
+    [B * NT * H, 153, 64] with [1, 64, 64] boxes (clipped at row 153); ends: the segments' totals (NSEG > 1)."""
+    i_p = gl.program_id(0)
+    i_s = i_p % NSEG
+    i_b = i_p // NSEG // H
+    i_h = i_p // NSEG % H
+    first = i_s * SEG
+    n = gl.minimum(NT - first, SEG)
     C: gl.constexpr = CHUNK
     F: gl.constexpr = FEATURE_DIM
     D: gl.constexpr = HEAD_DIM
@@ -220,6 +243,7 @@ def _hopper_forward_kernel(q_desc, k_desc, v_desc, h_desc, o, inv_den, hz, sel, 
     k_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, F], sl_cf)
     v_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, D], sl_cd)
     s_buf = gl.allocate_shared_memory(gl.bfloat16, [6, BR, D], sl_cd)                 # 2 states x 3 row blocks
+    o_buf = gl.allocate_shared_memory(gl.bfloat16, [C, D], sl_cd)
     z_buf = gl.allocate_shared_memory(gl.float32, [6, BR], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     aq_s = gl.allocate_shared_memory(gl.bfloat16, [3, F, BR], sl_fr)                   # selections, q side
     b_s = gl.allocate_shared_memory(gl.bfloat16, [3, F, BR], sl_fr)
@@ -247,11 +271,11 @@ def _hopper_forward_kernel(q_desc, k_desc, v_desc, h_desc, o, inv_den, hz, sel, 
         bt_s.index(j).store(gl.load(sel + 5 * F * MP + mf))
     fence_async_shared()
     thread_barrier()
-    worker_args = (q_desc, k_desc, v_desc, q_ring, k_ring, v_ring, s_buf, z_buf, akt_s, bt_s, in_ready, in_free,
-                   st_ready, st_free, hz, i_b, i_h, H, T, NT)
+    worker_args = (q_desc, k_desc, v_desc, h_desc, q_ring, k_ring, v_ring, s_buf, z_buf, akt_s, bt_s, in_ready, in_free,
+                   st_ready, st_free, hz, ends, i_b, i_h, i_s, H, T, NT, NSEG, first, n)
     gl.warp_specialize([
-        (_output_partition, (q_ring, k_ring, v_ring, s_buf, z_buf, aq_s, b_s, in_ready, in_free, st_ready, st_free,
-                             h_desc, o, inv_den, i_b, i_h, H, T, NT, eps, sob, sot, soh, C1, C2)),
+        (_output_partition, (q_ring, k_ring, v_ring, s_buf, z_buf, o_buf, aq_s, b_s, in_ready, in_free, st_ready,
+                             st_free, o_desc, inv_den, i_b, i_h, H, T, first, n, eps, C1, C2)),
         (_update_partition, worker_args),
         (_loader_partition, worker_args),
     ], [4, 1], [UPDATE_REGS, LOADER_REGS])

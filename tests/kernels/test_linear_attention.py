@@ -194,6 +194,23 @@ def test_hopper_forward_dispatch_rules():
     assert not _tma_addressable(torch.empty(2, 64, 16, 16, dtype=torch.bfloat16).transpose(2, 3))
 
 
+def test_hopper_forward_segments():
+    """The Hopper forward's segment length (pure host logic; the kernel runs only on the H200): one segment when
+    the sequences x heads fill their waves, segments that fill one wave or two for few long sequences (the best
+    measured lengths, bench/notes_kernels.md round 9), a forced length clipped to the sequence."""
+    from based_kernels.linear_attention.fused import hopper_segments
+
+    sms = 132
+    for batch, seq_len, best in [(16, 2048, 32), (32, 1024, 16), (12, 2048, 32), (8, 4096, 64), (2, 16384, 64),
+                                 (4, 8192, 64), (4, 4096, 32), (1, 2048, 4)]:
+        assert hopper_segments(batch * 16, seq_len // 64, sms) == best, (batch, seq_len)
+    for programs in (1, 7, 100, 1000):
+        for n_chunks in (1, 2, 63, 300):
+            assert 1 <= hopper_segments(programs, n_chunks, sms) <= n_chunks
+    assert hopper_segments(16, 32, sms, segment_chunks=10) == 10
+    assert hopper_segments(16, 8, sms, segment_chunks=10) == 8
+
+
 def test_hopper_forward_compiles_for_sm90():
     """The Gluon kernel is only run on the H200; CPU CI at least compiles it for sm_90 with its own Triton (the
     Gluon API moves between releases) and checks that it fits one program per multiprocessor. In a subprocess:
