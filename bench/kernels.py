@@ -138,14 +138,15 @@ def correctness():
     for d in (64, 112):
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             check_la(f"linear attention B=4 T=2048 H=16 D={d}", 4, 2048, 16, d, dtype)
-    check_la("linear attention B=4 T=2048 H=16 D=64 (two-level forward)", 4, 2048, 16, 64, torch.bfloat16,
-             config=LaunchConfig(hopper_forward=False))
-    check_la("linear attention B=1 T=16384 H=16 D=64 (segmented scans, Hopper forward in 8 segments)", 1, 16384, 16,
+    check_la("linear attention B=4 T=2048 H=16 D=64 (two-level forward and reverse scan)", 4, 2048, 16, 64,
+             torch.bfloat16, config=LaunchConfig(hopper=False))
+    check_la("linear attention B=1 T=16384 H=16 D=64 (Hopper forward and reverse scan in 8 segments)", 1, 16384, 16,
              64, torch.bfloat16)
-    check_la("linear attention B=16 T=2048 H=16 D=64 (Hopper fused forward)", 16, 2048, 16, 64, torch.bfloat16)
-    check_la("linear attention B=8 T=1000 H=16 D=64 (Hopper fused forward, partial last chunk)", 8, 1000, 16, 64,
+    check_la("linear attention B=16 T=2048 H=16 D=64 (Hopper forward and reverse scan)", 16, 2048, 16, 64,
              torch.bfloat16)
-    check_la("linear attention B=2 T=3001 H=16 D=64 (Hopper forward, 5 segments of 10 chunks, partial last chunk)",
+    check_la("linear attention B=8 T=1000 H=16 D=64 (Hopper kernels, partial last chunk)", 8, 1000, 16, 64,
+             torch.bfloat16)
+    check_la("linear attention B=2 T=3001 H=16 D=64 (Hopper kernels, 5 segments of 10 chunks, partial last chunk)",
              2, 3001, 16, 64, torch.bfloat16, config=LaunchConfig(hopper_segment_chunks=10))
     check_la("linear attention B=2 T=3001 H=16 D=112, block_d=32 (4 value blocks)", 2, 3001, 16, 112, torch.float32,
              block_d=32)

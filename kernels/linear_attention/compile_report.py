@@ -19,7 +19,7 @@ import triton
 
 from ..compile_report import compile_resources, loop_bodies
 from . import triton_kernels as tk
-from .fused import (COMPACT_FEATURES, FEATURE_DIM, FEATURE_TABLE_ROWS, HOPPER_FORWARD_MAXNREG, HOPPER_HEAD_DIM,
+from .fused import (COMPACT_FEATURES, FEATURE_DIM, FEATURE_TABLE_ROWS, HOPPER_HEAD_DIM, HOPPER_MAXNREG,
                     LaunchConfig, _dot_types, _feature_constants, gluon_kernels, hopper_box_layout, hopper_boxes,
                     launch_config)
 
@@ -92,24 +92,27 @@ def kernel_variants(head_dim: int, torch_dtype: torch.dtype, cfg: LaunchConfig):
     yield "dq/dk/dv", tk._bwd_grad_kernel, grad, cfg.grad_warps, cfg.grad_stages, cfg.grad_regs
 
 
-def hopper_forward_resources(arch: int) -> dict:
-    """compile_resources of gluon_kernels' forward (bf16, D = 64) with the descriptors fused._hopper_forward
+HOPPER_KERNELS = {"forward": "_hopper_forward_kernel", "reverse scan": "_hopper_reverse_scan_kernel"}
+
+
+def hopper_resources(arch: int, name: str) -> dict:
+    """compile_resources of a gluon_kernels kernel (HOPPER_KERNELS; bf16, D = 64) with the descriptors fused
     passes."""
-    kernel = gluon_kernels._hopper_forward_kernel
+    kernel = getattr(gluon_kernels, HOPPER_KERNELS[name])
     boxes = hopper_boxes(FEATURE_DIM, HOPPER_HEAD_DIM)
-    pointers = {"inv_den": "*fp32", "hz": "*fp32", "ends": "*fp32", "sel": "*bf16"}
-    constexprs = dict(C1=FEATURE_DIM ** -0.5, C2=1.0 / (2 * FEATURE_DIM))
+    pointers = {"inv_den": "*fp32", "r": "*fp32", "hz": "*fp32", "dhz": "*fp32", "ends": "*fp32", "sel": "*bf16"}
+    constexprs = {arg: value for arg, value in dict(C1=FEATURE_DIM ** -0.5, C2=1.0 / (2 * FEATURE_DIM)).items()
+                  if arg in kernel.arg_names}
     signature, attrs = {}, {}
-    for i, name in enumerate(kernel.arg_names):
-        if name in boxes:
-            signature[name] = f"tensordesc<bf16[{', '.join(map(str, boxes[name]))}],{hopper_box_layout(boxes[name])!r}>"
-        elif name in pointers:
-            signature[name] = pointers[name]
+    for i, arg in enumerate(kernel.arg_names):
+        if arg in boxes:
+            signature[arg] = f"tensordesc<bf16[{', '.join(map(str, boxes[arg]))}],{hopper_box_layout(boxes[arg])!r}>"
+        elif arg in pointers:
+            signature[arg] = pointers[arg]
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
-            signature[name] = "constexpr" if name in constexprs else "fp32" if name == "eps" else "i32"
-    return compile_resources(kernel, signature, constexprs, attrs, 4, 1, arch, maxnreg=HOPPER_FORWARD_MAXNREG,
-                             gluon=True)
+            signature[arg] = "constexpr" if arg in constexprs else "fp32" if arg == "eps" else "i32"
+    return compile_resources(kernel, signature, constexprs, attrs, 4, 1, arch, maxnreg=HOPPER_MAXNREG, gluon=True)
 
 
 def main():
@@ -128,9 +131,10 @@ def main():
             print(f"| {name} | {head_dim} | {warps} | {res['regs']} | {res['stack']} B | {res['shared']} B | "
                   f"{res['vector_loads']} | {res['narrow_loads']} | {', '.join(map(str, res['loops']))} |")
     if args.arch == 90 and args.dtype == "bf16" and gluon_kernels is not None:
-        res = hopper_forward_resources(args.arch)
-        print(f"| Hopper forward (Gluon, 3 partitions; registers: the kernel's cap, setmaxnreg moves them) | 64 | "
-              f"4 + 4 + 1 | {res['regs']} | {res['stack']} B | {res['shared']} B | TMA | TMA | |")
+        for name in HOPPER_KERNELS:
+            res = hopper_resources(args.arch, name)
+            print(f"| Hopper {name} (Gluon, 3 partitions; registers: the kernel's cap, setmaxnreg moves them) | 64 "
+                  f"| 4 + 4 + 1 | {res['regs']} | {res['stack']} B | {res['shared']} B | TMA | TMA | |")
 
 
 if __name__ == "__main__":

@@ -47,9 +47,9 @@ class LaunchConfig:
                               # (the scans at 168: 3 CTAs per SM instead of 2, no spills; round 7)
     out_regs: int = 0
     grad_regs: int = 0
-    hopper_forward: bool = True   # the warp-specialised Gluon forward (gluon_kernels) where it applies
-                                  # (_hopper_forward_applies); False: always the two-level scan + output kernels
-    hopper_segment_chunks: int = 0    # chunks per program of the Hopper forward; 0: hopper_segments' choice
+    hopper: bool = True           # the warp-specialised Gluon kernels (gluon_kernels: forward, reverse scan) where
+                                  # they apply (_hopper_applies); False: always the two-level kernels
+    hopper_segment_chunks: int = 0    # chunks per program of the Hopper kernels; 0: hopper_segments' choice
 
 
 SCAN_PROGRAMS_PER_SM = 6      # a scan segment per program ... until this many programs per multiprocessor
@@ -341,17 +341,17 @@ def _output(q, k, v, scan: ScanResult, cfg: LaunchConfig, layout: ChunkLayout, c
     return o, inv_den
 
 
-HOPPER_FORWARD_MAXNREG = 168                # 12 warps (three partitions) at one program per multiprocessor
+HOPPER_MAXNREG = 168                        # 12 warps (three partitions) at one program per multiprocessor
 HOPPER_CHUNK = HOPPER_HEAD_DIM = HOPPER_ROW_BLOCK = 64    # gluon_kernels' CHUNK, HEAD_DIM and ROW_BLOCK
 
 
-def _hopper_forward_applies(q, k, v, cu_seqlens, has_initial: bool, output_final_state: bool,
-                            cfg: LaunchConfig) -> bool:
-    """The Gluon forward covers bf16, head dim 64, 64-token chunks, fixed-length batches without a state in or
+def _hopper_applies(q, k, v, cu_seqlens, has_initial: bool, output_final_state: bool, cfg: LaunchConfig) -> bool:
+    """The Gluon kernels cover bf16, head dim 64, 64-token chunks, fixed-length batches without a state in or
     out, on Hopper (sm_90: wgmma and TMA), for inputs the TMA can address (innermost stride 1, the others and the
-    base 16-byte aligned); everything else takes the two-level forward. (With its segments it was faster than the
-    two-level forward at every batch shape measured: bench/notes_kernels.md, round 9.)"""
-    return (gluon_kernels is not None and cfg.hopper_forward and q.is_cuda and q.dtype == torch.bfloat16
+    base 16-byte aligned): the forward, and the reverse scan of its backward when do is addressable too;
+    everything else takes the two-level kernels. (With their segments they were faster than the two-level ones at
+    every batch shape measured: bench/notes_kernels.md, round 9.)"""
+    return (gluon_kernels is not None and cfg.hopper and q.is_cuda and q.dtype == torch.bfloat16
             and q.shape[-1] == FEATURE_DIM and v.shape[-1] == HOPPER_HEAD_DIM and cfg.chunk == HOPPER_CHUNK
             and cu_seqlens is None and not has_initial and not output_final_state and _is_hopper(q.device)
             and all(_tma_addressable(x) for x in (q, k, v)))
@@ -368,20 +368,35 @@ def _tma_addressable(x: torch.Tensor) -> bool:
 
 
 def hopper_boxes(feature_dim: int, head_dim: int) -> dict:
-    """The TMA boxes of gluon_kernels' descriptor arguments: q, k, v, o chunks of [B, T, H, X] and state row blocks
-    of [chunks * H, 153, D]; with hopper_box_layout, what _hopper_forward passes (and compile_report compiles)."""
-    return {"q_desc": [1, HOPPER_CHUNK, 1, feature_dim], "k_desc": [1, HOPPER_CHUNK, 1, feature_dim],
-            "v_desc": [1, HOPPER_CHUNK, 1, head_dim], "h_desc": [1, HOPPER_ROW_BLOCK, head_dim],
-            "o_desc": [1, HOPPER_CHUNK, 1, head_dim]}
+    """The TMA boxes of gluon_kernels' descriptor arguments, by name: q, k, v, o, do chunks of [B, T, H, X] and
+    state row blocks of [chunks * H, 153, D]; with hopper_box_layout, what _hopper_forward and
+    _hopper_reverse_scan pass (and compile_report compiles)."""
+    chunk = {"q_desc": feature_dim, "k_desc": feature_dim, "v_desc": head_dim, "o_desc": head_dim, "do_desc": head_dim}
+    boxes = {name: [1, HOPPER_CHUNK, 1, width] for name, width in chunk.items()}
+    return boxes | {"h_desc": [1, HOPPER_ROW_BLOCK, head_dim], "dh_desc": [1, HOPPER_ROW_BLOCK, head_dim]}
 
 
 def hopper_box_layout(box: list):
     return gl.NVMMASharedLayout.get_default_for(box, gl.bfloat16)
 
 
+def _hopper_descriptors(**tensors) -> list:
+    """TMA descriptors of the named tensors (hopper_boxes' names), in the order given."""
+    boxes = hopper_boxes(FEATURE_DIM, HOPPER_HEAD_DIM)
+    return [TensorDescriptor(x, list(x.shape), list(x.stride()), boxes[name], hopper_box_layout(boxes[name]))
+            for name, x in tensors.items()]
+
+
+def _hopper_layout(B: int, T: int, H: int, device: torch.device, cfg: LaunchConfig) -> ChunkLayout:
+    """The Hopper kernels' chunk rows (as _fixed_length_layout's) and segments (hopper_segments)."""
+    n_chunks = _cdiv(T, HOPPER_CHUNK)
+    seg = hopper_segments(B * H, n_chunks, _multiprocessors(device), cfg.hopper_segment_chunks)
+    return ChunkLayout(B * n_chunks, n_chunks, n_chunks, None, None, _cdiv(n_chunks, seg), seg)
+
+
 @functools.lru_cache(maxsize=256)
 def hopper_segments(programs: int, n_chunks: int, sms: int, segment_chunks: int = 0) -> int:
-    """Chunks per program of the Hopper forward for `programs` sequences x heads of n_chunks chunks (or
+    """Chunks per program of the Hopper kernels for `programs` sequences x heads of n_chunks chunks (or
     segment_chunks when given): the segment length of the least time in chunk steps (~2.1 us each on the H200) at one
     program per multiprocessor, waves x segment length, plus with several segments the first pass that stores their
     totals (~5 steps + one per 3 x sms chunk rows) and the totals each program sums ((segments - 1) / 2 steps);
@@ -404,9 +419,7 @@ def _hopper_forward(q, k, v, eps, cfg: LaunchConfig):
     first pass stores."""
     B, T, H, F = q.shape
     D = v.shape[-1]
-    n_chunks = _cdiv(T, HOPPER_CHUNK)
-    seg = hopper_segments(B * H, n_chunks, _multiprocessors(q.device), cfg.hopper_segment_chunks)
-    layout = ChunkLayout(B * n_chunks, n_chunks, n_chunks, None, None, _cdiv(n_chunks, seg), seg)
+    layout = _hopper_layout(B, T, H, q.device, cfg)
     ends = None
     if layout.segments > 1:
         ends = q.new_empty(B, layout.segments, H, _packed_size(D), dtype=torch.float32)
@@ -414,15 +427,50 @@ def _hopper_forward(q, k, v, eps, cfg: LaunchConfig):
                    store_h=False, store_end=True)
     o = torch.empty_like(v)                     # v's strides: TMA-addressable as v is
     inv_den = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
-    h = q.new_empty(B * n_chunks, H, COMPACT_FEATURES, D)
-    hz = q.new_empty(B * n_chunks, H, COMPACT_FEATURES, dtype=torch.float32)
-    h_rows = h.view(B * n_chunks * H, COMPACT_FEATURES, D)
-    descriptors = [TensorDescriptor(x, list(x.shape), list(x.stride()), box, hopper_box_layout(box))
-                   for x, box in zip((q, k, v, h_rows, o), hopper_boxes(F, D).values())]   # the kernel's order
+    h = q.new_empty(layout.n_rows, H, COMPACT_FEATURES, D)
+    hz = q.new_empty(layout.n_rows, H, COMPACT_FEATURES, dtype=torch.float32)
+    descriptors = _hopper_descriptors(q_desc=q, k_desc=k, v_desc=v, h_desc=h.view(-1, COMPACT_FEATURES, D),
+                                      o_desc=o)
     gluon_kernels._hopper_forward_kernel[(B * H * layout.segments,)](
-        *descriptors, inv_den, hz, _or_dummy(ends, hz), feature_tables(q.dtype, q.device), T, H, n_chunks,
-        layout.segments, seg, eps, C1=F ** -0.5, C2=1.0 / (2 * F), num_warps=4, maxnreg=HOPPER_FORWARD_MAXNREG)
+        *descriptors, inv_den, hz, _or_dummy(ends, hz), feature_tables(q.dtype, q.device), T, H,
+        layout.chunks_per_seq, layout.segments, layout.segment_chunks, eps, C1=F ** -0.5, C2=1.0 / (2 * F),
+        num_warps=4, maxnreg=HOPPER_MAXNREG)
     return o, inv_den, ScanResult(h, hz, None)
+
+
+def _hopper_reverse_scan(q, do, o, inv_den, cfg: LaunchConfig):
+    """r and the backward's per-chunk states (as _scan stores them in reverse) from gluon_kernels' reverse scan,
+    which computes r beside the scan; with several segments r comes first (_delta), for the first pass that stores
+    the segments' totals."""
+    B, T, H, _ = q.shape
+    D = do.shape[-1]
+    layout = _hopper_layout(B, T, H, q.device, cfg)
+    ends = None
+    if layout.segments > 1:
+        r = _delta(o, do, inv_den)
+        ends = q.new_empty(B, layout.segments, H, _packed_size(D), dtype=torch.float32)
+        _scan_pass(q, do, inv_den, r, None, None, None, ends, cfg, layout, None, B, reverse=True, sum_totals=False,
+                   store_h=False, store_end=True)
+    else:
+        r = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
+    dh = q.new_empty(layout.n_rows, H, COMPACT_FEATURES, D)
+    dhz = q.new_empty(layout.n_rows, H, COMPACT_FEATURES, dtype=torch.float32)
+    descriptors = _hopper_descriptors(q_desc=q, do_desc=do, o_desc=o, dh_desc=dh.view(-1, COMPACT_FEATURES, D))
+    gluon_kernels._hopper_reverse_scan_kernel[(B * H * layout.segments,)](
+        *descriptors, inv_den, r, dhz, _or_dummy(ends, dhz), feature_tables(q.dtype, q.device), T, H,
+        layout.chunks_per_seq, layout.segments, layout.segment_chunks, int(layout.segments == 1), num_warps=4,
+        maxnreg=HOPPER_MAXNREG)
+    return r, ScanResult(dh, dhz, None)
+
+
+def _delta(o, do, inv_den):
+    """r = -(do . o) * inv_den, fp32 [B, H, T]."""
+    B, T, H, D = o.shape
+    r = torch.empty(B, H, T, device=o.device, dtype=torch.float32)
+    block_t = 32
+    _bwd_delta_kernel[(_cdiv(T, block_t), B * H)](
+        o, do, inv_den, r, *o.stride(), *do.stride(), T, H, D, BT=block_t, DP=_next_power_of_2(D), num_warps=4)
+    return r
 
 
 class LinearAttentionFunction(torch.autograd.Function):
@@ -434,7 +482,8 @@ class LinearAttentionFunction(torch.autograd.Function):
         n_seq = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else B
         cfg = tuning if isinstance(tuning, LaunchConfig) else launch_config(D, q.device, **tuning)
         layout = chunk_layout(B, T, cu_seqlens, cfg, H, D, q.device)
-        if _hopper_forward_applies(q, k, v, cu_seqlens, s_init is not None, output_final_state, cfg):
+        ctx.hopper = _hopper_applies(q, k, v, cu_seqlens, s_init is not None, output_final_state, cfg)
+        if ctx.hopper:
             o, inv_den, scan = _hopper_forward(q, k, v, eps, cfg)
         else:
             initial = None if s_init is None else (to_compact(s_init), to_compact(z_init))
@@ -458,17 +507,16 @@ class LinearAttentionFunction(torch.autograd.Function):
         B, T, H, F = q.shape
         D = v.shape[-1]
 
-        r = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
-        block_t = 32
-        _bwd_delta_kernel[(_cdiv(T, block_t), B * H)](
-            o, do, inv_den, r, *o.stride(), *do.stride(), T, H, D, BT=block_t, DP=_next_power_of_2(D), num_warps=4)
-
         final_grad = None
         if ds_final is not None or dz_final is not None:
             final_grad = (to_compact(_zeros_if_none(ds_final, (n_seq, H, FEATURES, D), q), gradient=True),
                           to_compact(_zeros_if_none(dz_final, (n_seq, H, FEATURES), q), gradient=True))
-        grad_scan = _scan(q, do, inv_den, r, cfg, layout, cu_seqlens, n_seq, reverse=True, boundary=final_grad,
-                          want_end=ctx.has_initial)
+        if ctx.hopper and _tma_addressable(do):         # (a Hopper forward has no final state: final_grad is None)
+            r, grad_scan = _hopper_reverse_scan(q, do, o, inv_den, cfg)
+        else:
+            r = _delta(o, do, inv_den)
+            grad_scan = _scan(q, do, inv_den, r, cfg, layout, cu_seqlens, n_seq, reverse=True, boundary=final_grad,
+                              want_end=ctx.has_initial)
 
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         _bwd_grad_kernel[(layout.grid_chunks, 1, B * H)](

@@ -1,5 +1,6 @@
-"""Hopper forward of the chunked Taylor linear attention: the chunk scan and the output in one warp-specialised
-Gluon kernel (sm_90: TMA, mbarriers, wgmma), for bf16, head dim 64, fixed-length batches (fused.py decides when).
+"""Hopper kernels of the chunked Taylor linear attention, warp-specialised Gluon (sm_90: TMA, mbarriers, wgmma), for
+bf16, head dim 64, fixed-length batches (fused.py decides when): the forward (the chunk scan and the output in one
+kernel) and the backward's reverse scan (with the delta r beside it).
 
 Same compact feature map, selection tables and state layout as triton_kernels.py (its docstring). One program per
 (sequence, head, segment) walks the segment's chunks of C = 64 tokens from the segment's starting state (zero, or
@@ -17,7 +18,18 @@ mbarriers: in_ready (the ring's bytes arrived), in_free (both consumers are done
 n is published), st_free (the output partition is done with a state buffer). The two chains run side by side, each
 with its own register budget (the update partition's state takes 96 of its registers). Every store leaves by TMA
 from shared memory except inv_den and hz: o stored from the wgmma layout by pointers cost 15% of the kernel.
-h and hz are exactly what the two-level scan stores (the backward is shared).
+h and hz are exactly what the two-level scan stores (the backward's per-chunk kernel is shared).
+
+The reverse scan (_hopper_reverse_scan_kernel) is the forward's update partition run backwards in time on
+(q, do, r): one program per (sequence, head, segment), the segment's chunks last to first,
+  update partition (default)  dS_j += (phi_q_j(q) inv_den)^T do, dz_j += phi_q_j(q)^T r, the state in registers,
+                              published before each chunk to HBM (dh, dhz: the state after the chunk, TMA) from a
+                              double-buffered shared copy
+  delta partition (4 warps)   r = -(do . o) inv_den of the chunk, to HBM (the per-chunk kernel reads it) and, with
+                              inv_den, into shared memory for the update partition (or r read back when a first
+                              pass needed it before: several segments)
+  loader partition (1 warp)   TMA loads of the q, do (and o) chunks into a 2-deep ring
+so the delta kernel and the two-level reverse scan become one launch.
 """
 
 from triton.experimental import gluon
@@ -46,8 +58,9 @@ MMA = gl.constexpr(_WGMMA_LAYOUT)                                           # [6
 DOT_A = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=_WGMMA_LAYOUT, k_width=2))   # A from registers
 ROWS = gl.constexpr(gl.SliceLayout(1, _WGMMA_LAYOUT))                        # a vector along an accumulator's rows
 COLS = gl.constexpr(gl.SliceLayout(0, _WGMMA_LAYOUT))                        # ... and along its columns
-UPDATE_REGS = gl.constexpr(232)       # setmaxnreg budgets; the output partition gets the rest of the kernel's
-LOADER_REGS = gl.constexpr(24)        # cap (fused.HOPPER_FORWARD_MAXNREG: 12 warps, one program per multiprocessor)
+UPDATE_REGS = gl.constexpr(232)       # setmaxnreg budgets; the default partition gets the rest of the kernel's
+LOADER_REGS = gl.constexpr(24)        # cap (fused.HOPPER_MAXNREG: 12 warps, one program per multiprocessor)
+DELTA_REGS = gl.constexpr(96)
 
 
 @gluon.jit
@@ -59,6 +72,38 @@ def _as_box(buf, shape: gl.constexpr):
     else:
         box = buf._reinterpret(gl.bfloat16, shape, layout)
     return box
+
+
+@gluon.jit
+def _program_segment(H, NT, NSEG, SEG):
+    """(sequence, head, segment) of this program, the segment's first chunk and its number of chunks."""
+    i_p = gl.program_id(0)
+    i_s = i_p % NSEG
+    first = i_s * SEG
+    return i_p // NSEG // H, i_p // NSEG % H, i_s, first, gl.minimum(NT - first, SEG)
+
+
+@gluon.jit
+def _stage_table(sel, table: gl.constexpr, dst, transposed: gl.constexpr):
+    """Selection table `table` of fused.feature_tables (A_q, A_k, B, then the three transposed) into dst, three row
+    blocks of [F, BR] ([BR, F] when transposed)."""
+    F: gl.constexpr = FEATURE_DIM
+    BR: gl.constexpr = ROW_BLOCK
+    MP: gl.constexpr = TABLE_ROWS
+    if transposed:
+        ld: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])
+        m = gl.arange(0, BR, layout=gl.SliceLayout(1, ld))
+        f = gl.arange(0, F, layout=gl.SliceLayout(0, ld))
+        for j in gl.static_range(3):
+            dst.index(j).store(gl.load(sel + table * F * MP + (j * BR + gl.expand_dims(m, 1)) * F
+                                       + gl.expand_dims(f, 0)))
+    else:
+        ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+        f = gl.arange(0, F, layout=gl.SliceLayout(1, ld))
+        m = gl.arange(0, BR, layout=gl.SliceLayout(0, ld))
+        for j in gl.static_range(3):
+            dst.index(j).store(gl.load(sel + table * F * MP + gl.expand_dims(f, 1) * MP + j * BR
+                                       + gl.expand_dims(m, 0)))
 
 
 @gluon.jit
@@ -95,16 +140,27 @@ def _publish(n, s0, s1, s2, z0, z1, z2, s_buf, z_buf, st_ready, st_free, h_desc,
     h (TMA) and z to hz, at the row of chunk first + n."""
     b = n % 2
     mbarrier.wait(st_free.index(b), ((n // 2) & 1) ^ 1)
-    tma.store_wait(3)                       # the h stores of state n - 2 (same buffer) have read it
-    s_buf.index(b * 3 + 0).store(s0.to(gl.bfloat16))
-    s_buf.index(b * 3 + 1).store(s1.to(gl.bfloat16))
-    s_buf.index(b * 3 + 2).store(s2.to(gl.bfloat16))
+    _stage_state(b, s0, s1, s2, s_buf)
     z_buf.index(b * 3 + 0).store(z0)
     z_buf.index(b * 3 + 1).store(z1)
     z_buf.index(b * 3 + 2).store(z2)
     fence_async_shared()
     mbarrier.arrive(st_ready.index(b), count=1)
-    row = (i_b * NT + first + n) * H + i_h
+    _store_state(b, z0, z1, z2, s_buf, h_desc, hz, (i_b * NT + first + n) * H + i_h)
+
+
+@gluon.jit
+def _stage_state(b, s0, s1, s2, s_buf):
+    """The state's bf16 copy into shared buffer b (3 row blocks), once the TMA has read what was there."""
+    tma.store_wait(3)                       # the stores from this buffer, two states ago, have read it
+    s_buf.index(b * 3 + 0).store(s0.to(gl.bfloat16))
+    s_buf.index(b * 3 + 1).store(s1.to(gl.bfloat16))
+    s_buf.index(b * 3 + 2).store(s2.to(gl.bfloat16))
+
+
+@gluon.jit
+def _store_state(b, z0, z1, z2, s_buf, h_desc, hz, row):
+    """Shared buffer b (fenced) to state row `row` of h by TMA, z to hz."""
     for j in gl.static_range(3):
         tma_store(h_desc, [row, j * ROW_BLOCK, 0], _as_box(s_buf.index(b * 3 + j), [1, ROW_BLOCK, HEAD_DIM]))
     m = gl.arange(0, ROW_BLOCK, layout=ROWS)
@@ -114,15 +170,15 @@ def _publish(n, s0, s1, s2, z0, z1, z2, s_buf, z_buf, st_ready, st_free, h_desc,
 
 
 @gluon.jit
-def _segment_start(ends, i_b, i_h, i_s, H, NSEG, j: gl.constexpr):
-    """Row block j of segment i_s's starting state: the sum of the earlier segments' totals (packed fp32 rows of
-    ends [B, NSEG, H, PACKED]: S, then z); zeros for the first segment."""
+def _segment_start(ends, i_b, i_h, lo, hi, H, NSEG, j: gl.constexpr):
+    """Row block j of a segment's starting state: the sum of the totals of segments lo .. hi - 1 (packed fp32 rows
+    of ends [B, NSEG, H, PACKED]: S, then z): the earlier ones forward, the later ones in reverse."""
     m = j * ROW_BLOCK + gl.arange(0, ROW_BLOCK, layout=ROWS)
     d = gl.arange(0, HEAD_DIM, layout=COLS)
     s_offs = gl.expand_dims(m, 1) * HEAD_DIM + gl.expand_dims(d, 0)
     s = gl.zeros([ROW_BLOCK, HEAD_DIM], gl.float32, MMA)
     z = gl.zeros([ROW_BLOCK], gl.float32, ROWS)
-    for p in range(i_s):
+    for p in range(lo, hi):
         total = ends + ((i_b * NSEG + p) * H + i_h).to(gl.int64) * PACKED
         s += gl.load(total + s_offs, mask=gl.expand_dims(m < STATE_ROWS, 1), other=0.0)
         z += gl.load(total + STATE_ROWS * HEAD_DIM + m, mask=m < STATE_ROWS, other=0.0)
@@ -137,9 +193,9 @@ def _update_partition(q_desc, k_desc, v_desc, h_desc, q_ring, k_ring, v_ring, s_
     C: gl.constexpr = CHUNK
     BR: gl.constexpr = ROW_BLOCK
     zero_cc = gl.zeros([C, C], gl.float32, MMA)
-    s0, z0 = _segment_start(ends, i_b, i_h, i_s, H, NSEG, 0)
-    s1, z1 = _segment_start(ends, i_b, i_h, i_s, H, NSEG, 1)
-    s2, z2 = _segment_start(ends, i_b, i_h, i_s, H, NSEG, 2)
+    s0, z0 = _segment_start(ends, i_b, i_h, 0, i_s, H, NSEG, 0)
+    s1, z1 = _segment_start(ends, i_b, i_h, 0, i_s, H, NSEG, 1)
+    s2, z2 = _segment_start(ends, i_b, i_h, 0, i_s, H, NSEG, 2)
     m_rows = gl.arange(0, BR, layout=ROWS)
     t_cols = gl.arange(0, C, layout=COLS)
     _publish(0, s0, s1, s2, z0, z1, z2, s_buf, z_buf, st_ready, st_free, h_desc, hz, i_b, i_h, H, NT, first)
@@ -222,19 +278,11 @@ def _hopper_forward_kernel(q_desc, k_desc, v_desc, h_desc, o_desc, inv_den, hz, 
     """o, inv_den, h and hz of one (sequence, head, segment of SEG chunks). q, k, v, o: TMA descriptors of
     [B, T, H, X] with [1, C, 1, X] boxes (loads read zeros past T, stores are clipped there); h: of
     [B * NT * H, 153, 64] with [1, 64, 64] boxes (clipped at row 153); ends: the segments' totals (NSEG > 1)."""
-    i_p = gl.program_id(0)
-    i_s = i_p % NSEG
-    i_b = i_p // NSEG // H
-    i_h = i_p // NSEG % H
-    first = i_s * SEG
-    n = gl.minimum(NT - first, SEG)
+    i_b, i_h, i_s, first, n = _program_segment(H, NT, NSEG, SEG)
     C: gl.constexpr = CHUNK
     F: gl.constexpr = FEATURE_DIM
     D: gl.constexpr = HEAD_DIM
     BR: gl.constexpr = ROW_BLOCK
-    MP: gl.constexpr = TABLE_ROWS
-    ld_fr: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])             # [F, BR] table tiles
-    ld_rf: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])            # [BR, F]
     sl_cf: gl.constexpr = gl.NVMMASharedLayout.get_default_for([C, F], gl.bfloat16)
     sl_fr: gl.constexpr = gl.NVMMASharedLayout.get_default_for([F, BR], gl.bfloat16)
     sl_rf: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BR, F], gl.bfloat16)
@@ -258,17 +306,10 @@ def _hopper_forward_kernel(q_desc, k_desc, v_desc, h_desc, o_desc, inv_den, hz, 
         mbarrier.init(in_free.index(i), count=2)
         mbarrier.init(st_ready.index(i), count=1)
         mbarrier.init(st_free.index(i), count=1)
-    f_r = gl.arange(0, F, layout=gl.SliceLayout(1, ld_fr))
-    m_c = gl.arange(0, BR, layout=gl.SliceLayout(0, ld_fr))
-    m_r = gl.arange(0, BR, layout=gl.SliceLayout(1, ld_rf))
-    f_c = gl.arange(0, F, layout=gl.SliceLayout(0, ld_rf))
-    for j in gl.static_range(3):                  # fused.feature_tables: A_q, A_k, B, then the transposed three
-        fm = gl.expand_dims(f_r, 1) * MP + j * BR + gl.expand_dims(m_c, 0)
-        aq_s.index(j).store(gl.load(sel + 0 * F * MP + fm))
-        b_s.index(j).store(gl.load(sel + 2 * F * MP + fm))
-        mf = (j * BR + gl.expand_dims(m_r, 1)) * F + gl.expand_dims(f_c, 0)
-        akt_s.index(j).store(gl.load(sel + 4 * F * MP + mf))
-        bt_s.index(j).store(gl.load(sel + 5 * F * MP + mf))
+    _stage_table(sel, 0, aq_s, False)
+    _stage_table(sel, 2, b_s, False)
+    _stage_table(sel, 4, akt_s, True)
+    _stage_table(sel, 5, bt_s, True)
     fence_async_shared()
     thread_barrier()
     worker_args = (q_desc, k_desc, v_desc, h_desc, q_ring, k_ring, v_ring, s_buf, z_buf, akt_s, bt_s, in_ready, in_free,
@@ -279,3 +320,144 @@ def _hopper_forward_kernel(q_desc, k_desc, v_desc, h_desc, o_desc, inv_den, hz, 
         (_update_partition, worker_args),
         (_loader_partition, worker_args),
     ], [4, 1], [UPDATE_REGS, LOADER_REGS])
+
+
+@gluon.jit
+def _rev_loader_partition(q_desc, do_desc, o_desc, q_ring, do_ring, o_ring, r_buf, w_buf, in_ready, in_free,
+                          r_ready, r_free, inv_den, r, i_b, i_h, H, T, first, n, compute_r):
+    """TMA loads of the segment's chunk first + n - 1 - c (last to first) into ring slot c % 2: q, do, and o when
+    the delta partition computes r. (Worker partitions share one signature.)"""
+    C: gl.constexpr = CHUNK
+    F: gl.constexpr = FEATURE_DIM
+    D: gl.constexpr = HEAD_DIM
+    for c in range(n):
+        b = c % 2
+        mbarrier.wait(in_free.index(b), ((c // 2) & 1) ^ 1)
+        bar = in_ready.index(b)
+        t0 = (first + n - 1 - c) * C
+        if compute_r:
+            mbarrier.expect(bar, C * (F + 2 * D) * 2)
+            tma_load(o_desc, [i_b, t0, i_h, 0], bar, _as_box(o_ring.index(b), [1, C, 1, D]))
+        else:
+            mbarrier.expect(bar, C * (F + D) * 2)
+        tma_load(q_desc, [i_b, t0, i_h, 0], bar, _as_box(q_ring.index(b), [1, C, 1, F]))
+        tma_load(do_desc, [i_b, t0, i_h, 0], bar, _as_box(do_ring.index(b), [1, C, 1, D]))
+
+
+@gluon.jit
+def _delta_partition(q_desc, do_desc, o_desc, q_ring, do_ring, o_ring, r_buf, w_buf, in_ready, in_free, r_ready,
+                     r_free, inv_den, r, i_b, i_h, H, T, first, n, compute_r):
+    """r = -(do . o) * inv_den of each chunk (to HBM), or r read back; r and inv_den into r_buf / w_buf[c % 2]."""
+    C: gl.constexpr = CHUNK
+    ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])              # [C, D] tiles
+    t_rows = gl.arange(0, C, layout=gl.SliceLayout(1, ld))
+    for c in range(n):
+        b = c % 2
+        t = (first + n - 1 - c) * C + t_rows
+        idx = (i_b * H + i_h) * T + t
+        w = gl.load(inv_den + idx, mask=t < T, other=0.0)
+        mbarrier.wait(in_ready.index(b), (c // 2) & 1)
+        if compute_r:
+            dov = do_ring.index(b).load(ld).to(gl.float32)
+            ov = o_ring.index(b).load(ld).to(gl.float32)
+            rv = -gl.sum(dov * ov, 1) * w
+            gl.store(r + idx, rv, mask=t < T)
+        else:
+            rv = gl.load(r + idx, mask=t < T, other=0.0)
+        mbarrier.arrive(in_free.index(b), count=1)
+        mbarrier.wait(r_free.index(b), ((c // 2) & 1) ^ 1)
+        r_buf.index(b).store(rv)
+        w_buf.index(b).store(w)
+        mbarrier.arrive(r_ready.index(b), count=1)
+
+
+@gluon.jit
+def _rev_update_partition(q_ring, do_ring, s_buf, r_buf, w_buf, aqt_s, bt_s, in_ready, in_free, r_ready, r_free,
+                          dh_desc, dhz, ends, i_b, i_h, i_s, H, NT, NSEG, first, n):
+    """dS, dz in registers from the later segments' totals; before each chunk (last to first) published as the
+    state after it, then dS_j += (phi_q_j^T * inv_den) do, dz_j += phi_q_j^T r."""
+    C: gl.constexpr = CHUNK
+    BR: gl.constexpr = ROW_BLOCK
+    zero_cc = gl.zeros([C, C], gl.float32, MMA)
+    s0, z0 = _segment_start(ends, i_b, i_h, i_s + 1, NSEG, H, NSEG, 0)
+    s1, z1 = _segment_start(ends, i_b, i_h, i_s + 1, NSEG, H, NSEG, 1)
+    s2, z2 = _segment_start(ends, i_b, i_h, i_s + 1, NSEG, H, NSEG, 2)
+    m_rows = gl.arange(0, BR, layout=ROWS)
+    for c in range(n):
+        b = c % 2
+        g = first + n - 1 - c
+        _stage_state(b, s0, s1, s2, s_buf)
+        fence_async_shared()
+        _store_state(b, z0, z1, z2, s_buf, dh_desc, dhz, (i_b * NT + g) * H + i_h)
+        mbarrier.wait(in_ready.index(b), (c // 2) & 1)
+        mbarrier.wait(r_ready.index(b), (c // 2) & 1)
+        qt = q_ring.index(b).permute((1, 0))                                          # q^T [F, C]
+        do_s = do_ring.index(b)
+        w = gl.expand_dims(w_buf.index(b).load(COLS), 0)                              # 0 past T
+        rr = gl.expand_dims(r_buf.index(b).load(COLS), 0)
+        for j in gl.static_range(3):
+            ca, cb = _row_constants(j * BR + m_rows, 1, zero_cc)
+            qa = warpgroup_mma(aqt_s.index(j), qt, ca, is_async=True)                  # [rows, tokens]
+            qb = warpgroup_mma(bt_s.index(j), qt, cb, is_async=True)
+            qa, qb = warpgroup_mma_wait(0, deps=[qa, qb])
+            phi_t = qa * qb                                                             # phi_q_j^T
+            phi_op = gl.convert_layout((phi_t * w).to(gl.bfloat16), DOT_A)
+            if j == 0:
+                z0 += gl.sum(phi_t * rr, 1)
+                s0 = warpgroup_mma(phi_op, do_s, s0)
+            elif j == 1:
+                z1 += gl.sum(phi_t * rr, 1)
+                s1 = warpgroup_mma(phi_op, do_s, s1)
+            else:
+                z2 += gl.sum(phi_t * rr, 1)
+                s2 = warpgroup_mma(phi_op, do_s, s2)
+        mbarrier.arrive(in_free.index(b), count=1)
+        mbarrier.arrive(r_free.index(b), count=1)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def _hopper_reverse_scan_kernel(q_desc, do_desc, o_desc, dh_desc, inv_den, r, dhz, ends, sel, T, H, NT, NSEG, SEG,
+                                compute_r):
+    """dh, dhz (the reverse-time state after each chunk, as the two-level reverse scan stores them) and, when
+    compute_r, r of one (sequence, head, segment of SEG chunks). q, do, o: TMA descriptors of [B, T, H, X] with
+    [1, C, 1, X] boxes; dh: of [B * NT * H, 153, 64] with [1, 64, 64] boxes; ends: the segments' totals (NSEG > 1,
+    stored by the two-level scan's first pass, which needs r first: then compute_r = 0 and r is read)."""
+    i_b, i_h, i_s, first, n = _program_segment(H, NT, NSEG, SEG)
+    C: gl.constexpr = CHUNK
+    F: gl.constexpr = FEATURE_DIM
+    D: gl.constexpr = HEAD_DIM
+    BR: gl.constexpr = ROW_BLOCK
+    sl_cf: gl.constexpr = gl.NVMMASharedLayout.get_default_for([C, F], gl.bfloat16)
+    sl_rf: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BR, F], gl.bfloat16)
+    sl_cd: gl.constexpr = gl.NVMMASharedLayout.get_default_for([C, D], gl.bfloat16)
+    vec: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    q_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, F], sl_cf)
+    do_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, D], sl_cd)
+    o_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, D], sl_cd)
+    s_buf = gl.allocate_shared_memory(gl.bfloat16, [6, BR, D], sl_cd)                 # 2 states x 3 row blocks
+    r_buf = gl.allocate_shared_memory(gl.float32, [2, C], vec)
+    w_buf = gl.allocate_shared_memory(gl.float32, [2, C], vec)
+    aqt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], sl_rf)                 # transposed, q side
+    bt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], sl_rf)
+    in_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    in_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    r_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    r_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(in_ready.index(i), count=1)
+        mbarrier.init(in_free.index(i), count=2)
+        mbarrier.init(r_ready.index(i), count=1)
+        mbarrier.init(r_free.index(i), count=1)
+    _stage_table(sel, 3, aqt_s, True)
+    _stage_table(sel, 5, bt_s, True)
+    fence_async_shared()
+    thread_barrier()
+    worker_args = (q_desc, do_desc, o_desc, q_ring, do_ring, o_ring, r_buf, w_buf, in_ready, in_free, r_ready, r_free,
+                   inv_den, r, i_b, i_h, H, T, first, n, compute_r)
+    gl.warp_specialize([
+        (_rev_update_partition, (q_ring, do_ring, s_buf, r_buf, w_buf, aqt_s, bt_s, in_ready, in_free, r_ready,
+                                 r_free, dh_desc, dhz, ends, i_b, i_h, i_s, H, NT, NSEG, first, n)),
+        (_delta_partition, worker_args),
+        (_rev_loader_partition, worker_args),
+    ], [4, 1], [DELTA_REGS, LOADER_REGS])

@@ -176,26 +176,26 @@ def test_scan_segments_match_one_segment(with_state, segment_chunks):
             config=LaunchConfig(chunk=16, block_d=16, segment_chunks=segment_chunks))
 
 
-def test_hopper_forward_dispatch_rules():
-    """Where the Gluon forward (sm_90 only, so measured on the H200: bench/kernels.md) may run: CPU tensors, other
-    dtypes, head dims, varlen and states take the two-level forward; the TMA needs 16-byte strides."""
+def test_hopper_dispatch_rules():
+    """Where the Gluon kernels (sm_90 only, so measured on the H200: bench/kernels.md) may run: CPU tensors, other
+    dtypes, head dims, varlen and states take the two-level kernels; the TMA needs 16-byte strides."""
     from based_kernels.linear_attention.fused import (HOPPER_CHUNK, HOPPER_HEAD_DIM, HOPPER_ROW_BLOCK,
-                                                      _hopper_forward_applies, _tma_addressable, gluon_kernels)
+                                                      _hopper_applies, _tma_addressable, gluon_kernels)
 
     assert (gluon_kernels.CHUNK.value, gluon_kernels.HEAD_DIM.value, gluon_kernels.ROW_BLOCK.value) == \
         (HOPPER_CHUNK, HOPPER_HEAD_DIM, HOPPER_ROW_BLOCK)
 
     q, k, v = random_qkv(16, 64, 16, 64, torch.float32, seed=1)
     cfg = LaunchConfig()
-    assert not _hopper_forward_applies(q, k, v, None, False, False, cfg)           # not on CUDA
+    assert not _hopper_applies(q, k, v, None, False, False, cfg)                  # not on CUDA
     assert _tma_addressable(torch.empty(2, 64, 16, 16, dtype=torch.bfloat16))
     assert _tma_addressable(torch.empty(64, 2, 16, 64, dtype=torch.bfloat16).transpose(0, 1))
     assert not _tma_addressable(torch.empty(2, 64, 16, 20, dtype=torch.bfloat16)[..., :16])   # 40-byte rows
     assert not _tma_addressable(torch.empty(2, 64, 16, 16, dtype=torch.bfloat16).transpose(2, 3))
 
 
-def test_hopper_forward_segments():
-    """The Hopper forward's segment length (pure host logic; the kernel runs only on the H200): one segment when
+def test_hopper_segments():
+    """The Hopper kernels' segment length (pure host logic; the kernels run only on the H200): one segment when
     the sequences x heads fill their waves, segments that fill one wave or two for few long sequences (the best
     measured lengths, bench/notes_kernels.md round 9), a forced length clipped to the sequence."""
     from based_kernels.linear_attention.fused import hopper_segments
@@ -211,13 +211,14 @@ def test_hopper_forward_segments():
     assert hopper_segments(16, 8, sms, segment_chunks=10) == 8
 
 
-def test_hopper_forward_compiles_for_sm90():
-    """The Gluon kernel is only run on the H200; CPU CI at least compiles it for sm_90 with its own Triton (the
-    Gluon API moves between releases) and checks that it fits one program per multiprocessor. In a subprocess:
+@pytest.mark.parametrize("kernel", ["forward", "reverse scan"])
+def test_hopper_kernels_compile_for_sm90(kernel):
+    """The Gluon kernels are only run on the H200; CPU CI at least compiles them for sm_90 with its own Triton (the
+    Gluon API moves between releases) and checks that each fits one program per multiprocessor. In a subprocess:
     this folder's kernels are decorated for Triton's interpreter, which Gluon kernels do not run under."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("from based_kernels.linear_attention.compile_report import hopper_forward_resources as r; "
-            "res = r(90); print(res['regs'], res['shared'])")
+    code = ("from based_kernels.linear_attention.compile_report import hopper_resources as r; "
+            f"res = r(90, {kernel!r}); print(res['regs'], res['shared'])")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     regs, shared = map(int, out.stdout.split()[-2:])
