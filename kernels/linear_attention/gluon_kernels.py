@@ -58,6 +58,11 @@ MMA = gl.constexpr(_WGMMA_LAYOUT)                                           # [6
 DOT_A = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=_WGMMA_LAYOUT, k_width=2))   # A from registers
 ROWS = gl.constexpr(gl.SliceLayout(1, _WGMMA_LAYOUT))                        # a vector along an accumulator's rows
 COLS = gl.constexpr(gl.SliceLayout(0, _WGMMA_LAYOUT))                        # ... and along its columns
+SL_CF = gl.constexpr(gl.NVMMASharedLayout.get_default_for([64, 16], gl.bfloat16))   # shared tiles: [C, F] chunks,
+SL_RF = SL_CF                                                                   # [BR, F] transposed tables,
+SL_FR = gl.constexpr(gl.NVMMASharedLayout.get_default_for([16, 64], gl.bfloat16))   # [F, BR] tables,
+SL_CD = gl.constexpr(gl.NVMMASharedLayout.get_default_for([64, 64], gl.bfloat16))   # [C, D] chunks, [BR, D] states
+SL_VEC = gl.constexpr(gl.SwizzledSharedLayout(1, 1, 1, [0]))                    # vectors
 UPDATE_REGS = gl.constexpr(232)       # setmaxnreg budgets; the default partition gets the rest of the kernel's
 LOADER_REGS = gl.constexpr(24)        # cap (fused.HOPPER_MAXNREG: 12 warps, one program per multiprocessor)
 DELTA_REGS = gl.constexpr(96)
@@ -81,6 +86,18 @@ def _program_segment(H, NT, NSEG, SEG):
     i_s = i_p % NSEG
     first = i_s * SEG
     return i_p // NSEG // H, i_p // NSEG % H, i_s, first, gl.minimum(NT - first, SEG)
+
+
+@gluon.jit
+def _handshake(consumers: gl.constexpr):
+    """mbarriers of a 2-slot buffer: ready[i] (one arrival: the producer's, or the TMA's bytes) and free[i]
+    (`consumers` arrivals)."""
+    ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(free.index(i), count=consumers)
+    return ready, free
 
 
 @gluon.jit
@@ -283,29 +300,18 @@ def _hopper_forward_kernel(q_desc, k_desc, v_desc, h_desc, o_desc, inv_den, hz, 
     F: gl.constexpr = FEATURE_DIM
     D: gl.constexpr = HEAD_DIM
     BR: gl.constexpr = ROW_BLOCK
-    sl_cf: gl.constexpr = gl.NVMMASharedLayout.get_default_for([C, F], gl.bfloat16)
-    sl_fr: gl.constexpr = gl.NVMMASharedLayout.get_default_for([F, BR], gl.bfloat16)
-    sl_rf: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BR, F], gl.bfloat16)
-    sl_cd: gl.constexpr = gl.NVMMASharedLayout.get_default_for([C, D], gl.bfloat16)
-    q_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, F], sl_cf)
-    k_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, F], sl_cf)
-    v_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, D], sl_cd)
-    s_buf = gl.allocate_shared_memory(gl.bfloat16, [6, BR, D], sl_cd)                 # 2 states x 3 row blocks
-    o_buf = gl.allocate_shared_memory(gl.bfloat16, [C, D], sl_cd)
-    z_buf = gl.allocate_shared_memory(gl.float32, [6, BR], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    aq_s = gl.allocate_shared_memory(gl.bfloat16, [3, F, BR], sl_fr)                   # selections, q side
-    b_s = gl.allocate_shared_memory(gl.bfloat16, [3, F, BR], sl_fr)
-    akt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], sl_rf)                  # transposed, k side
-    bt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], sl_rf)
-    in_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    in_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    st_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    st_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
-        mbarrier.init(in_ready.index(i), count=1)
-        mbarrier.init(in_free.index(i), count=2)
-        mbarrier.init(st_ready.index(i), count=1)
-        mbarrier.init(st_free.index(i), count=1)
+    q_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, F], SL_CF)
+    k_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, F], SL_CF)
+    v_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, D], SL_CD)
+    s_buf = gl.allocate_shared_memory(gl.bfloat16, [6, BR, D], SL_CD)                 # 2 states x 3 row blocks
+    o_buf = gl.allocate_shared_memory(gl.bfloat16, [C, D], SL_CD)
+    z_buf = gl.allocate_shared_memory(gl.float32, [6, BR], SL_VEC)
+    aq_s = gl.allocate_shared_memory(gl.bfloat16, [3, F, BR], SL_FR)                   # selections, q side
+    b_s = gl.allocate_shared_memory(gl.bfloat16, [3, F, BR], SL_FR)
+    akt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], SL_RF)                  # transposed, k side
+    bt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], SL_RF)
+    in_ready, in_free = _handshake(2)                 # the TMA ring: the update and output partitions consume
+    st_ready, st_free = _handshake(1)                 # the published states: the output partition consumes
     _stage_table(sel, 0, aq_s, False)
     _stage_table(sel, 2, b_s, False)
     _stage_table(sel, 4, akt_s, True)
@@ -428,27 +434,16 @@ def _hopper_reverse_scan_kernel(q_desc, do_desc, o_desc, dh_desc, inv_den, r, dh
     F: gl.constexpr = FEATURE_DIM
     D: gl.constexpr = HEAD_DIM
     BR: gl.constexpr = ROW_BLOCK
-    sl_cf: gl.constexpr = gl.NVMMASharedLayout.get_default_for([C, F], gl.bfloat16)
-    sl_rf: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BR, F], gl.bfloat16)
-    sl_cd: gl.constexpr = gl.NVMMASharedLayout.get_default_for([C, D], gl.bfloat16)
-    vec: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-    q_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, F], sl_cf)
-    do_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, D], sl_cd)
-    o_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, D], sl_cd)
-    s_buf = gl.allocate_shared_memory(gl.bfloat16, [6, BR, D], sl_cd)                 # 2 states x 3 row blocks
-    r_buf = gl.allocate_shared_memory(gl.float32, [2, C], vec)
-    w_buf = gl.allocate_shared_memory(gl.float32, [2, C], vec)
-    aqt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], sl_rf)                 # transposed, q side
-    bt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], sl_rf)
-    in_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    in_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    r_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    r_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
-        mbarrier.init(in_ready.index(i), count=1)
-        mbarrier.init(in_free.index(i), count=2)
-        mbarrier.init(r_ready.index(i), count=1)
-        mbarrier.init(r_free.index(i), count=1)
+    q_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, F], SL_CF)
+    do_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, D], SL_CD)
+    o_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, D], SL_CD)
+    s_buf = gl.allocate_shared_memory(gl.bfloat16, [6, BR, D], SL_CD)                 # 2 states x 3 row blocks
+    r_buf = gl.allocate_shared_memory(gl.float32, [2, C], SL_VEC)
+    w_buf = gl.allocate_shared_memory(gl.float32, [2, C], SL_VEC)
+    aqt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], SL_RF)                 # transposed, q side
+    bt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], SL_RF)
+    in_ready, in_free = _handshake(2)                 # the TMA ring: the update and delta partitions consume
+    r_ready, r_free = _handshake(1)                   # r and inv_den of a chunk: the update partition consumes
     _stage_table(sel, 3, aqt_s, True)
     _stage_table(sel, 5, bt_s, True)
     fence_async_shared()
