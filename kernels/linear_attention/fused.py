@@ -286,24 +286,33 @@ def _scan(x, y, inv_den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, 
     h = x.new_empty(layout.n_rows, H, COMPACT_FEATURES, D, dtype=_state_dtype(x.dtype))
     hz = x.new_empty(layout.n_rows, H, COMPACT_FEATURES, dtype=torch.float32)
     init = None if boundary is None else _pack(*boundary)
-    ends = None
-    if nseg > 1 or want_end:
-        ends = x.new_empty(n_seq, nseg, H, _packed_size(D), dtype=torch.float32)
-
-    def scan_pass(boundary_state, sum_totals, store_h, store_end):
-        _scan_pass(x, y, inv_den, r, h, hz, boundary_state, ends, cfg, layout, cu_seqlens, n_seq, reverse,
-                   sum_totals=sum_totals, store_h=store_h, store_end=store_end)
-
     if nseg == 1:
-        scan_pass(init, sum_totals=False, store_h=True, store_end=want_end)
+        ends = _new_totals(n_seq, layout, H, D, x.device) if want_end else None
+        _scan_pass(x, y, inv_den, r, h, hz, init, ends, cfg, layout, cu_seqlens, n_seq, reverse, sum_totals=False,
+                   store_h=True, store_end=want_end)
         return ScanResult(h, hz, _unpack(ends[:, 0], D) if want_end else None)
-    scan_pass(None, sum_totals=False, store_h=False, store_end=True)
-    scan_pass(init, sum_totals=True, store_h=True, store_end=False)
+    ends = _segment_totals(x, y, inv_den, r, cfg, layout, cu_seqlens, n_seq, reverse)
+    _scan_pass(x, y, inv_den, r, h, hz, init, ends, cfg, layout, cu_seqlens, n_seq, reverse, sum_totals=True,
+               store_h=True, store_end=False)
     end = None
     if want_end:
         total = ends.sum(1)
         end = _unpack(total if init is None else total + init, D)
     return ScanResult(h, hz, end)
+
+
+def _new_totals(n_seq: int, layout: ChunkLayout, heads: int, head_dim: int, device: torch.device) -> torch.Tensor:
+    """Packed fp32 states, one per (sequence, segment, head): [N, NSEG, H, _packed_size(D)]."""
+    return torch.empty(n_seq, layout.segments, heads, _packed_size(head_dim), device=device, dtype=torch.float32)
+
+
+def _segment_totals(x, y, inv_den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, n_seq: int,
+                    reverse: bool) -> torch.Tensor:
+    """The first pass of a segmented scan: each segment's total state from zero (_new_totals)."""
+    ends = _new_totals(n_seq, layout, x.shape[2], y.shape[-1], x.device)
+    _scan_pass(x, y, inv_den, r, None, None, None, ends, cfg, layout, cu_seqlens, n_seq, reverse, sum_totals=False,
+               store_h=False, store_end=True)
+    return ends
 
 
 def _scan_pass(x, y, inv_den, r, h, hz, boundary, ends, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens,
@@ -420,11 +429,7 @@ def _hopper_forward(q, k, v, eps, cfg: LaunchConfig):
     B, T, H, F = q.shape
     D = v.shape[-1]
     layout = _hopper_layout(B, T, H, q.device, cfg)
-    ends = None
-    if layout.segments > 1:
-        ends = q.new_empty(B, layout.segments, H, _packed_size(D), dtype=torch.float32)
-        _scan_pass(k, v, None, None, None, None, None, ends, cfg, layout, None, B, reverse=False, sum_totals=False,
-                   store_h=False, store_end=True)
+    ends = _segment_totals(k, v, None, None, cfg, layout, None, B, reverse=False) if layout.segments > 1 else None
     o = torch.empty_like(v)                     # v's strides: TMA-addressable as v is
     inv_den = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
     h = q.new_empty(layout.n_rows, H, COMPACT_FEATURES, D)
@@ -448,9 +453,7 @@ def _hopper_reverse_scan(q, do, o, inv_den, cfg: LaunchConfig):
     ends = None
     if layout.segments > 1:
         r = _delta(o, do, inv_den)
-        ends = q.new_empty(B, layout.segments, H, _packed_size(D), dtype=torch.float32)
-        _scan_pass(q, do, inv_den, r, None, None, None, ends, cfg, layout, None, B, reverse=True, sum_totals=False,
-                   store_h=False, store_end=True)
+        ends = _segment_totals(q, do, inv_den, r, cfg, layout, None, B, reverse=True)
     else:
         r = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
     dh = q.new_empty(layout.n_rows, H, COMPACT_FEATURES, D)

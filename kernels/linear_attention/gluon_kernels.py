@@ -124,6 +124,27 @@ def _stage_table(sel, table: gl.constexpr, dst, transposed: gl.constexpr):
 
 
 @gluon.jit
+def _features_t(at_s, bt_s, xt, j: gl.constexpr, like):
+    """phi_j(x)^T [rows, tokens] of row block j: (A_j^T x^T + ca) * (B_j^T x^T + cb), two selection products from
+    the transposed tables at_s, bt_s and x^T [F, C] in shared memory (like: a [64, 64] zero accumulator)."""
+    ca, cb = _row_constants(j * ROW_BLOCK + gl.arange(0, ROW_BLOCK, layout=ROWS), 1, like)
+    xa = warpgroup_mma(at_s.index(j), xt, ca, is_async=True)
+    xb = warpgroup_mma(bt_s.index(j), xt, cb, is_async=True)
+    xa, xb = warpgroup_mma_wait(0, deps=[xa, xb])
+    return xa * xb
+
+
+@gluon.jit
+def _features(x_s, a_s, b_s, j: gl.constexpr, like):
+    """phi_j(x) [tokens, rows] of row block j: (x A_j + ca) * (x B_j + cb), from x [C, F] in shared memory."""
+    ca, cb = _row_constants(j * ROW_BLOCK + gl.arange(0, ROW_BLOCK, layout=COLS), 0, like)
+    xa = warpgroup_mma(x_s, a_s.index(j), ca, is_async=True)
+    xb = warpgroup_mma(x_s, b_s.index(j), cb, is_async=True)
+    xa, xb = warpgroup_mma_wait(0, deps=[xa, xb])
+    return xa * xb
+
+
+@gluon.jit
 def _row_constants(m, dim: gl.constexpr, like):
     """The constant factors of feature rows m (triton_kernels._row_constants) as [64, 64] accumulators, broadcast
     along dim: the selection products start from them."""
@@ -208,12 +229,10 @@ def _update_partition(q_desc, k_desc, v_desc, h_desc, q_ring, k_ring, v_ring, s_
     """The state in registers, from the segment's start, S_j += phi_k_j^T v per chunk, published before the first
     chunk and after each but the last (_publish)."""
     C: gl.constexpr = CHUNK
-    BR: gl.constexpr = ROW_BLOCK
     zero_cc = gl.zeros([C, C], gl.float32, MMA)
     s0, z0 = _segment_start(ends, i_b, i_h, 0, i_s, H, NSEG, 0)
     s1, z1 = _segment_start(ends, i_b, i_h, 0, i_s, H, NSEG, 1)
     s2, z2 = _segment_start(ends, i_b, i_h, 0, i_s, H, NSEG, 2)
-    m_rows = gl.arange(0, BR, layout=ROWS)
     t_cols = gl.arange(0, C, layout=COLS)
     _publish(0, s0, s1, s2, z0, z1, z2, s_buf, z_buf, st_ready, st_free, h_desc, hz, i_b, i_h, H, NT, first)
     for c in range(n):
@@ -223,11 +242,7 @@ def _update_partition(q_desc, k_desc, v_desc, h_desc, q_ring, k_ring, v_ring, s_
         v_s = v_ring.index(b)
         valid = gl.expand_dims((first + c) * C + t_cols < T, 0)
         for j in gl.static_range(3):
-            ca, cb = _row_constants(j * BR + m_rows, 1, zero_cc)
-            ka = warpgroup_mma(akt_s.index(j), kt, ca, is_async=True)                  # [rows, tokens]
-            kb = warpgroup_mma(bt_s.index(j), kt, cb, is_async=True)
-            ka, kb = warpgroup_mma_wait(0, deps=[ka, kb])
-            phi_t = gl.where(valid, ka * kb, 0.0)                                       # phi_k_j^T
+            phi_t = gl.where(valid, _features_t(akt_s, bt_s, kt, j, zero_cc), 0.0)      # phi_k_j^T
             phi_op = gl.convert_layout(phi_t.to(gl.bfloat16), DOT_A)
             if j == 0:
                 z0 += gl.sum(phi_t, 1)
@@ -250,13 +265,11 @@ def _output_partition(q_ring, k_ring, v_ring, s_buf, z_buf, o_buf, aq_s, b_s, in
                       o_desc, inv_den, i_b, i_h, H, T, first, n, eps, C1: gl.constexpr, C2: gl.constexpr):
     """o and inv_den of each chunk from the published state before it."""
     C: gl.constexpr = CHUNK
-    BR: gl.constexpr = ROW_BLOCK
     D: gl.constexpr = HEAD_DIM
     zero_cc = gl.zeros([C, C], gl.float32, MMA)
     zero_cd = gl.zeros([C, D], gl.float32, MMA)
     t_rows = gl.arange(0, C, layout=ROWS)
     t_cols = gl.arange(0, C, layout=COLS)
-    m_cols = gl.arange(0, BR, layout=COLS)
     causal = gl.expand_dims(t_rows, 1) >= gl.expand_dims(t_cols, 0)
     for c in range(n):
         b = c % 2
@@ -269,11 +282,7 @@ def _output_partition(q_ring, k_ring, v_ring, s_buf, z_buf, o_buf, aq_s, b_s, in
         den = gl.sum(a, 1)
         num = warpgroup_mma(gl.convert_layout(a.to(gl.bfloat16), DOT_A), v_s, zero_cd)
         for j in gl.static_range(3):
-            ca, cb = _row_constants(j * BR + m_cols, 0, zero_cc)
-            qa = warpgroup_mma(q_s, aq_s.index(j), ca, is_async=True)                   # [tokens, rows]
-            qb = warpgroup_mma(q_s, b_s.index(j), cb, is_async=True)
-            qa, qb = warpgroup_mma_wait(0, deps=[qa, qb])
-            phi = qa * qb
+            phi = _features(q_s, aq_s, b_s, j, zero_cc)
             den += gl.sum(phi * gl.expand_dims(z_buf.index(b * 3 + j).load(COLS), 0), 1)
             num = warpgroup_mma(gl.convert_layout(phi.to(gl.bfloat16), DOT_A), s_buf.index(b * 3 + j), num)
         mbarrier.arrive(in_free.index(b), count=1)
@@ -383,12 +392,10 @@ def _rev_update_partition(q_ring, do_ring, s_buf, r_buf, w_buf, aqt_s, bt_s, in_
     """dS, dz in registers from the later segments' totals; before each chunk (last to first) published as the
     state after it, then dS_j += (phi_q_j^T * inv_den) do, dz_j += phi_q_j^T r."""
     C: gl.constexpr = CHUNK
-    BR: gl.constexpr = ROW_BLOCK
     zero_cc = gl.zeros([C, C], gl.float32, MMA)
     s0, z0 = _segment_start(ends, i_b, i_h, i_s + 1, NSEG, H, NSEG, 0)
     s1, z1 = _segment_start(ends, i_b, i_h, i_s + 1, NSEG, H, NSEG, 1)
     s2, z2 = _segment_start(ends, i_b, i_h, i_s + 1, NSEG, H, NSEG, 2)
-    m_rows = gl.arange(0, BR, layout=ROWS)
     for c in range(n):
         b = c % 2
         g = first + n - 1 - c
@@ -402,11 +409,7 @@ def _rev_update_partition(q_ring, do_ring, s_buf, r_buf, w_buf, aqt_s, bt_s, in_
         w = gl.expand_dims(w_buf.index(b).load(COLS), 0)                              # 0 past T
         rr = gl.expand_dims(r_buf.index(b).load(COLS), 0)
         for j in gl.static_range(3):
-            ca, cb = _row_constants(j * BR + m_rows, 1, zero_cc)
-            qa = warpgroup_mma(aqt_s.index(j), qt, ca, is_async=True)                  # [rows, tokens]
-            qb = warpgroup_mma(bt_s.index(j), qt, cb, is_async=True)
-            qa, qb = warpgroup_mma_wait(0, deps=[qa, qb])
-            phi_t = qa * qb                                                             # phi_q_j^T
+            phi_t = _features_t(aqt_s, bt_s, qt, j, zero_cc)                             # phi_q_j^T
             phi_op = gl.convert_layout((phi_t * w).to(gl.bfloat16), DOT_A)
             if j == 0:
                 z0 += gl.sum(phi_t * rr, 1)
