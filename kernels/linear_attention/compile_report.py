@@ -92,7 +92,8 @@ def kernel_variants(head_dim: int, torch_dtype: torch.dtype, cfg: LaunchConfig):
     yield "dq/dk/dv", tk._bwd_grad_kernel, grad, cfg.grad_warps, cfg.grad_stages, cfg.grad_regs
 
 
-HOPPER_KERNELS = {"forward": "_hopper_forward_kernel", "reverse scan": "_hopper_reverse_scan_kernel"}
+HOPPER_KERNELS = {"forward": "_hopper_forward_kernel", "reverse scan": "_hopper_reverse_scan_kernel",
+                  "gradients": "_hopper_grad_kernel"}
 
 
 def hopper_resources(arch: int, name: str) -> dict:
@@ -101,8 +102,6 @@ def hopper_resources(arch: int, name: str) -> dict:
     kernel = getattr(gluon_kernels, HOPPER_KERNELS[name])
     boxes = hopper_boxes(FEATURE_DIM, HOPPER_HEAD_DIM)
     pointers = {"inv_den": "*fp32", "r": "*fp32", "hz": "*fp32", "dhz": "*fp32", "ends": "*fp32", "sel": "*bf16"}
-    constexprs = {arg: value for arg, value in dict(C1=FEATURE_DIM ** -0.5, C2=1.0 / (2 * FEATURE_DIM)).items()
-                  if arg in kernel.arg_names}
     signature, attrs = {}, {}
     for i, arg in enumerate(kernel.arg_names):
         if arg in boxes:
@@ -111,8 +110,8 @@ def hopper_resources(arch: int, name: str) -> dict:
             signature[arg] = pointers[arg]
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
-            signature[arg] = "constexpr" if arg in constexprs else "fp32" if arg == "eps" else "i32"
-    return compile_resources(kernel, signature, constexprs, attrs, 4, 1, arch, maxnreg=HOPPER_MAXNREG, gluon=True)
+            signature[arg] = "fp32" if arg == "eps" else "i32"
+    return compile_resources(kernel, signature, {}, attrs, 4, 1, arch, maxnreg=HOPPER_MAXNREG, gluon=True)
 
 
 def main():

@@ -47,8 +47,8 @@ class LaunchConfig:
                               # (the scans at 168: 3 CTAs per SM instead of 2, no spills; round 7)
     out_regs: int = 0
     grad_regs: int = 0
-    hopper: bool = True           # the warp-specialised Gluon kernels (gluon_kernels: forward, reverse scan) where
-                                  # they apply (_hopper_applies); False: always the two-level kernels
+    hopper: bool = True           # the warp-specialised Gluon kernels (gluon_kernels: forward, reverse scan,
+                                  # gradients) where they apply (_hopper_applies); False: always the two-level ones
     hopper_segment_chunks: int = 0    # chunks per program of the Hopper kernels; 0: hopper_segments' choice
 
 
@@ -350,6 +350,22 @@ def _output(q, k, v, scan: ScanResult, cfg: LaunchConfig, layout: ChunkLayout, c
     return o, inv_den
 
 
+def _gradients(q, k, v, do, inv_den, r, h, hz, grad_scan: ScanResult, cfg: LaunchConfig, layout: ChunkLayout,
+               cu_seqlens):
+    """dq, dk, dv from the forward's and the reverse scan's per-chunk states (the second level of the backward)."""
+    B, T, H, F = q.shape
+    D = v.shape[-1]
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    _bwd_grad_kernel[(layout.grid_chunks, 1, B * H)](
+        q, k, v, do, inv_den, r, h, hz, grad_scan.h, grad_scan.hz, dq, dk, dv, feature_tables(q.dtype, q.device),
+        cu_seqlens, layout.indices, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
+        *dk.stride(), *dv.stride(), T, H, layout.chunks_per_seq, D=D, **_feature_constants(F),
+        MP=FEATURE_TABLE_ROWS, C=cfg.chunk, BR=cfg.grad_rows, DP=_next_power_of_2(D),
+        IS_VARLEN=cu_seqlens is not None, **_dot_types(q.dtype), num_warps=cfg.grad_warps,
+        num_stages=cfg.grad_stages, maxnreg=cfg.grad_regs or None)
+    return dq, dk, dv
+
+
 HOPPER_MAXNREG = 168                        # 12 warps (three partitions) at one program per multiprocessor
 HOPPER_CHUNK = HOPPER_HEAD_DIM = HOPPER_ROW_BLOCK = 64    # gluon_kernels' CHUNK, HEAD_DIM and ROW_BLOCK
 
@@ -357,9 +373,9 @@ HOPPER_CHUNK = HOPPER_HEAD_DIM = HOPPER_ROW_BLOCK = 64    # gluon_kernels' CHUNK
 def _hopper_applies(q, k, v, cu_seqlens, has_initial: bool, output_final_state: bool, cfg: LaunchConfig) -> bool:
     """The Gluon kernels cover bf16, head dim 64, 64-token chunks, fixed-length batches without a state in or
     out, on Hopper (sm_90: wgmma and TMA), for inputs the TMA can address (innermost stride 1, the others and the
-    base 16-byte aligned): the forward, and the reverse scan of its backward when do is addressable too;
-    everything else takes the two-level kernels. (With their segments they were faster than the two-level ones at
-    every batch shape measured: bench/notes_kernels.md, round 9.)"""
+    base 16-byte aligned): the forward, and the reverse scan and gradient kernels of its backward when do is
+    addressable too; everything else takes the two-level kernels. (With their segments they were faster than the
+    two-level ones at every batch shape measured: bench/notes_kernels.md, rounds 9 and 10.)"""
     return (gluon_kernels is not None and cfg.hopper and q.is_cuda and q.dtype == torch.bfloat16
             and q.shape[-1] == FEATURE_DIM and v.shape[-1] == HOPPER_HEAD_DIM and cfg.chunk == HOPPER_CHUNK
             and cu_seqlens is None and not has_initial and not output_final_state and _is_hopper(q.device)
@@ -377,10 +393,11 @@ def _tma_addressable(x: torch.Tensor) -> bool:
 
 
 def hopper_boxes(feature_dim: int, head_dim: int) -> dict:
-    """The TMA boxes of gluon_kernels' descriptor arguments, by name: q, k, v, o, do chunks of [B, T, H, X] and
-    state row blocks of [chunks * H, 153, D]; with hopper_box_layout, what _hopper_forward and
-    _hopper_reverse_scan pass (and compile_report compiles)."""
-    chunk = {"q_desc": feature_dim, "k_desc": feature_dim, "v_desc": head_dim, "o_desc": head_dim, "do_desc": head_dim}
+    """The TMA boxes of gluon_kernels' descriptor arguments, by name: q, k, v, o, do, dq, dk, dv chunks of
+    [B, T, H, X] and state row blocks of [chunks * H, 153, D]; with hopper_box_layout, what the Hopper launchers
+    pass (and compile_report compiles)."""
+    chunk = dict(q_desc=feature_dim, k_desc=feature_dim, v_desc=head_dim, o_desc=head_dim, do_desc=head_dim,
+                 dq_desc=feature_dim, dk_desc=feature_dim, dv_desc=head_dim)
     boxes = {name: [1, HOPPER_CHUNK, 1, width] for name, width in chunk.items()}
     return boxes | {"h_desc": [1, HOPPER_ROW_BLOCK, head_dim], "dh_desc": [1, HOPPER_ROW_BLOCK, head_dim]}
 
@@ -438,8 +455,7 @@ def _hopper_forward(q, k, v, eps, cfg: LaunchConfig):
                                       o_desc=o)
     gluon_kernels._hopper_forward_kernel[(B * H * layout.segments,)](
         *descriptors, inv_den, hz, _or_dummy(ends, hz), feature_tables(q.dtype, q.device), T, H,
-        layout.chunks_per_seq, layout.segments, layout.segment_chunks, eps, C1=F ** -0.5, C2=1.0 / (2 * F),
-        num_warps=4, maxnreg=HOPPER_MAXNREG)
+        layout.chunks_per_seq, layout.segments, layout.segment_chunks, eps, num_warps=4, maxnreg=HOPPER_MAXNREG)
     return o, inv_den, ScanResult(h, hz, None)
 
 
@@ -464,6 +480,24 @@ def _hopper_reverse_scan(q, do, o, inv_den, cfg: LaunchConfig):
         layout.chunks_per_seq, layout.segments, layout.segment_chunks, int(layout.segments == 1), num_warps=4,
         maxnreg=HOPPER_MAXNREG)
     return r, ScanResult(dh, dhz, None)
+
+
+def _hopper_gradients(q, k, v, do, inv_den, r, scan: ScanResult, grad_scan: ScanResult):
+    """dq, dk, dv from gluon_kernels' per-chunk gradient kernel (a persistent grid, one program per multiprocessor,
+    over the B * H * NT chunks) and the two scans' states."""
+    B, T, H, _ = q.shape
+    D = v.shape[-1]
+    n_chunks = _cdiv(T, HOPPER_CHUNK)
+    n_tiles = B * H * n_chunks
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    descriptors = _hopper_descriptors(q_desc=q, k_desc=k, v_desc=v, do_desc=do,
+                                      h_desc=scan.h.view(-1, COMPACT_FEATURES, D),
+                                      dh_desc=grad_scan.h.view(-1, COMPACT_FEATURES, D), dq_desc=dq, dk_desc=dk,
+                                      dv_desc=dv)
+    gluon_kernels._hopper_grad_kernel[(min(n_tiles, _multiprocessors(q.device)),)](
+        *descriptors, inv_den, r, scan.hz, grad_scan.hz, feature_tables(q.dtype, q.device), T, H, n_chunks, n_tiles,
+        num_warps=4, maxnreg=HOPPER_MAXNREG)
+    return dq, dk, dv
 
 
 def _delta(o, do, inv_den):
@@ -516,19 +550,12 @@ class LinearAttentionFunction(torch.autograd.Function):
                           to_compact(_zeros_if_none(dz_final, (n_seq, H, FEATURES), q), gradient=True))
         if ctx.hopper and _tma_addressable(do):         # (a Hopper forward has no final state: final_grad is None)
             r, grad_scan = _hopper_reverse_scan(q, do, o, inv_den, cfg)
+            dq, dk, dv = _hopper_gradients(q, k, v, do, inv_den, r, ScanResult(h, hz, None), grad_scan)
         else:
             r = _delta(o, do, inv_den)
             grad_scan = _scan(q, do, inv_den, r, cfg, layout, cu_seqlens, n_seq, reverse=True, boundary=final_grad,
                               want_end=ctx.has_initial)
-
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        _bwd_grad_kernel[(layout.grid_chunks, 1, B * H)](
-            q, k, v, do, inv_den, r, h, hz, grad_scan.h, grad_scan.hz, dq, dk, dv, feature_tables(q.dtype, q.device),
-            cu_seqlens, layout.indices, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
-            *dk.stride(), *dv.stride(), T, H, layout.chunks_per_seq, D=D, **_feature_constants(F),
-            MP=FEATURE_TABLE_ROWS, C=cfg.chunk, BR=cfg.grad_rows, DP=_next_power_of_2(D),
-            IS_VARLEN=cu_seqlens is not None, **_dot_types(q.dtype), num_warps=cfg.grad_warps,
-            num_stages=cfg.grad_stages, maxnreg=cfg.grad_regs or None)
+            dq, dk, dv = _gradients(q, k, v, do, inv_den, r, h, hz, grad_scan, cfg, layout, cu_seqlens)
 
         ds_init = dz_init = None
         if ctx.has_initial:

@@ -1,6 +1,6 @@
 """Hopper kernels of the chunked Taylor linear attention, warp-specialised Gluon (sm_90: TMA, mbarriers, wgmma), for
 bf16, head dim 64, fixed-length batches (fused.py decides when): the forward (the chunk scan and the output in one
-kernel) and the backward's reverse scan (with the delta r beside it).
+kernel), the backward's reverse scan (with the delta r beside it) and its per-chunk gradients.
 
 Same compact feature map, selection tables and state layout as triton_kernels.py (its docstring). One program per
 (sequence, head, segment) walks the segment's chunks of C = 64 tokens from the segment's starting state (zero, or
@@ -30,6 +30,15 @@ The reverse scan (_hopper_reverse_scan_kernel) is the forward's update partition
                               pass needed it before: several segments)
   loader partition (1 warp)   TMA loads of the q, do (and o) chunks into a 2-deep ring
 so the delta kernel and the two-level reverse scan become one launch.
+
+The gradient kernel (_hopper_grad_kernel) is triton_kernels._bwd_grad_kernel's math on a persistent grid (one
+program per multiprocessor walks the chunks pid, pid + programs, ...), every chunk from the two scans' states:
+  dq partition (4 warps)      dq = ds k + the product rule of phi(q).(S g + z r) on the factors of each row block
+  dk/dv partition (default)   the transposed intra-chunk matrices (key on rows): dk = ds^T q + the product rule of
+                              phi(k).(dS v + dz), dv = (a^T inv_den) do + sum_j phi_k_j(k) dS_j
+  loader partition (1 warp)   TMA loads of q, k, v, do and the three row blocks of h and dh into a 2-deep ring; the
+                              fp32 vectors (inv_den, r, hz, dhz) loaded by the warp a tile ahead
+dq, dk and dv leave by TMA from shared memory.
 """
 
 from triton.experimental import gluon
@@ -52,10 +61,16 @@ HEAD_DIM = gl.constexpr(64)
 STATE_ROWS = gl.constexpr(1 + 2 * 16 + 16 * 15 // 2)        # fused.COMPACT_FEATURES (153)
 ROW_BLOCK = gl.constexpr(64)                                # state rows per accumulator (3 blocks cover 153)
 TABLE_ROWS = gl.constexpr(256)                              # fused.FEATURE_TABLE_ROWS
+STATE_BOX = gl.constexpr(256)                               # a state row's z in shared memory (a power of 2)
+LINEAR = gl.constexpr(16 ** -0.5)                           # a = 1 + s LINEAR + s^2 QUADRATIC, s = q.k
+QUADRATIC = gl.constexpr(1 / (2 * 16))
 PACKED = gl.constexpr((STATE_ROWS * (HEAD_DIM + 1) + 15) // 16 * 16)   # a packed fp32 state in ends (fused._pack)
 _WGMMA_LAYOUT = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
 MMA = gl.constexpr(_WGMMA_LAYOUT)                                           # [64, 64] fp32 accumulators
 DOT_A = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=_WGMMA_LAYOUT, k_width=2))   # A from registers
+_WGMMA_LAYOUT_F = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 16, 16])
+MMA_F = gl.constexpr(_WGMMA_LAYOUT_F)                                      # [64, 16] fp32 accumulators (dq, dk)
+DOT_A_F = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=_WGMMA_LAYOUT_F, k_width=2))
 ROWS = gl.constexpr(gl.SliceLayout(1, _WGMMA_LAYOUT))                        # a vector along an accumulator's rows
 COLS = gl.constexpr(gl.SliceLayout(0, _WGMMA_LAYOUT))                        # ... and along its columns
 SL_CF = gl.constexpr(gl.NVMMASharedLayout.get_default_for([64, 16], gl.bfloat16))   # shared tiles: [C, F] chunks,
@@ -66,6 +81,8 @@ SL_VEC = gl.constexpr(gl.SwizzledSharedLayout(1, 1, 1, [0]))                    
 UPDATE_REGS = gl.constexpr(232)       # setmaxnreg budgets; the default partition gets the rest of the kernel's
 LOADER_REGS = gl.constexpr(24)        # cap (fused.HOPPER_MAXNREG: 12 warps, one program per multiprocessor)
 DELTA_REGS = gl.constexpr(96)
+GRAD_DQ_REGS = gl.constexpr(200)      # the gradient kernel: dk/dv partition (default) 256, dq 200, loader 56
+GRAD_LOADER_REGS = gl.constexpr(56)
 
 
 @gluon.jit
@@ -135,12 +152,19 @@ def _features_t(at_s, bt_s, xt, j: gl.constexpr, like):
 
 
 @gluon.jit
-def _features(x_s, a_s, b_s, j: gl.constexpr, like):
-    """phi_j(x) [tokens, rows] of row block j: (x A_j + ca) * (x B_j + cb), from x [C, F] in shared memory."""
+def _factors(x_s, a_s, b_s, j: gl.constexpr, like):
+    """(x A_j + ca, x B_j + cb) [tokens, rows] of row block j, from x [C, F] in shared memory: phi_j(x) is their
+    product."""
     ca, cb = _row_constants(j * ROW_BLOCK + gl.arange(0, ROW_BLOCK, layout=COLS), 0, like)
     xa = warpgroup_mma(x_s, a_s.index(j), ca, is_async=True)
     xb = warpgroup_mma(x_s, b_s.index(j), cb, is_async=True)
-    xa, xb = warpgroup_mma_wait(0, deps=[xa, xb])
+    return warpgroup_mma_wait(0, deps=[xa, xb])
+
+
+@gluon.jit
+def _features(x_s, a_s, b_s, j: gl.constexpr, like):
+    """phi_j(x) [tokens, rows] of row block j: (x A_j + ca) * (x B_j + cb), from x [C, F] in shared memory."""
+    xa, xb = _factors(x_s, a_s, b_s, j, like)
     return xa * xb
 
 
@@ -262,7 +286,7 @@ def _update_partition(q_desc, k_desc, v_desc, h_desc, q_ring, k_ring, v_ring, s_
 
 @gluon.jit
 def _output_partition(q_ring, k_ring, v_ring, s_buf, z_buf, o_buf, aq_s, b_s, in_ready, in_free, st_ready, st_free,
-                      o_desc, inv_den, i_b, i_h, H, T, first, n, eps, C1: gl.constexpr, C2: gl.constexpr):
+                      o_desc, inv_den, i_b, i_h, H, T, first, n, eps):
     """o and inv_den of each chunk from the published state before it."""
     C: gl.constexpr = CHUNK
     D: gl.constexpr = HEAD_DIM
@@ -278,7 +302,7 @@ def _output_partition(q_ring, k_ring, v_ring, s_buf, z_buf, o_buf, aq_s, b_s, in
         q_s = q_ring.index(b)
         v_s = v_ring.index(b)
         s = warpgroup_mma(q_s, k_ring.index(b).permute((1, 0)), zero_cc)
-        a = gl.where(causal, 1.0 + s * C1 + s * s * C2, 0.0)
+        a = gl.where(causal, 1.0 + s * LINEAR + s * s * QUADRATIC, 0.0)
         den = gl.sum(a, 1)
         num = warpgroup_mma(gl.convert_layout(a.to(gl.bfloat16), DOT_A), v_s, zero_cd)
         for j in gl.static_range(3):
@@ -299,8 +323,7 @@ def _output_partition(q_ring, k_ring, v_ring, s_buf, z_buf, o_buf, aq_s, b_s, in
 
 
 @gluon.jit
-def _hopper_forward_kernel(q_desc, k_desc, v_desc, h_desc, o_desc, inv_den, hz, ends, sel, T, H, NT, NSEG, SEG, eps,
-                           C1: gl.constexpr, C2: gl.constexpr):
+def _hopper_forward_kernel(q_desc, k_desc, v_desc, h_desc, o_desc, inv_den, hz, ends, sel, T, H, NT, NSEG, SEG, eps):
     """o, inv_den, h and hz of one (sequence, head, segment of SEG chunks). q, k, v, o: TMA descriptors of
     [B, T, H, X] with [1, C, 1, X] boxes (loads read zeros past T, stores are clipped there); h: of
     [B * NT * H, 153, 64] with [1, 64, 64] boxes (clipped at row 153); ends: the segments' totals (NSEG > 1)."""
@@ -331,7 +354,7 @@ def _hopper_forward_kernel(q_desc, k_desc, v_desc, h_desc, o_desc, inv_den, hz, 
                    st_ready, st_free, hz, ends, i_b, i_h, i_s, H, T, NT, NSEG, first, n)
     gl.warp_specialize([
         (_output_partition, (q_ring, k_ring, v_ring, s_buf, z_buf, o_buf, aq_s, b_s, in_ready, in_free, st_ready,
-                             st_free, o_desc, inv_den, i_b, i_h, H, T, first, n, eps, C1, C2)),
+                             st_free, o_desc, inv_den, i_b, i_h, H, T, first, n, eps)),
         (_update_partition, worker_args),
         (_loader_partition, worker_args),
     ], [4, 1], [UPDATE_REGS, LOADER_REGS])
@@ -459,3 +482,210 @@ def _hopper_reverse_scan_kernel(q_desc, do_desc, o_desc, dh_desc, inv_den, r, dh
         (_delta_partition, worker_args),
         (_rev_loader_partition, worker_args),
     ], [4, 1], [DELTA_REGS, LOADER_REGS])
+
+
+@gluon.jit
+def _grad_tile(c, H, NT):
+    """(sequence, head, chunk, state row) of this program's tile c: tiles pid, pid + programs, ... of the
+    sequence-major, chunk-minor order."""
+    tile = gl.program_id(0) + c * gl.num_programs(0)
+    i_bh = tile // NT
+    i_t = tile % NT
+    i_b = i_bh // H
+    i_h = i_bh % H
+    return i_b, i_h, i_t, (i_b * NT + i_t) * H + i_h
+
+
+@gluon.jit
+def _program_tiles(n_tiles):
+    """Tiles of this program in the persistent grid."""
+    return (n_tiles - gl.program_id(0) + gl.num_programs(0) - 1) // gl.num_programs(0)
+
+
+@gluon.jit
+def _grad_loader_partition(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_desc, q_ring, k_ring, v_ring,
+                           do_ring, h_ring, dh_ring, w_ring, r_ring, z_ring, dz_ring, aq_s, b_s, dq_buf, in_ready,
+                           in_free, inv_den, r, hz, dhz, H, T, NT, n_tiles):
+    """Into ring slot c % 2, once both consumers are done with it: TMA loads of tile c's q, k, v, do chunks and the
+    three row blocks of h and dh; then the fp32 vectors, inv_den and r of the chunk's tokens, hz and dhz of its state
+    row (zero past T and past the 153 rows), loaded and stored by this warp, which arrives on in_ready a second
+    time. It runs a tile ahead of the consumers, so their latency is off the critical path (loaded by the consumers
+    in the row-block loop, they cost 4% of the kernel's time). (Worker partitions share one signature, hence the dq
+    partition's arguments.)"""
+    C: gl.constexpr = CHUNK
+    F: gl.constexpr = FEATURE_DIM
+    D: gl.constexpr = HEAD_DIM
+    BR: gl.constexpr = ROW_BLOCK
+    tokens = gl.arange(0, C, layout=gl.BlockedLayout([2], [32], [1], [0]))
+    rows = gl.arange(0, STATE_BOX, layout=gl.BlockedLayout([8], [32], [1], [0]))
+    for c in range(_program_tiles(n_tiles)):
+        i_b, i_h, i_t, row = _grad_tile(c, H, NT)
+        b = c % 2
+        mbarrier.wait(in_free.index(b), ((c // 2) & 1) ^ 1)
+        bar = in_ready.index(b)
+        mbarrier.expect(bar, (C * (2 * F + 2 * D) + 6 * BR * D) * 2)
+        t0 = i_t * C
+        tma_load(q_desc, [i_b, t0, i_h, 0], bar, _as_box(q_ring.index(b), [1, C, 1, F]))
+        tma_load(k_desc, [i_b, t0, i_h, 0], bar, _as_box(k_ring.index(b), [1, C, 1, F]))
+        tma_load(v_desc, [i_b, t0, i_h, 0], bar, _as_box(v_ring.index(b), [1, C, 1, D]))
+        tma_load(do_desc, [i_b, t0, i_h, 0], bar, _as_box(do_ring.index(b), [1, C, 1, D]))
+        for j in gl.static_range(3):
+            tma_load(h_desc, [row, j * BR, 0], bar, _as_box(h_ring.index(b * 3 + j), [1, BR, D]))
+            tma_load(dh_desc, [row, j * BR, 0], bar, _as_box(dh_ring.index(b * 3 + j), [1, BR, D]))
+        t = t0 + tokens
+        token_row = (i_b * H + i_h) * T
+        w_ring.index(b).store(gl.load(inv_den + token_row + t, mask=t < T, other=0.0))
+        r_ring.index(b).store(gl.load(r + token_row + t, mask=t < T, other=0.0))
+        z_ring.index(b).store(gl.load(hz + row * STATE_ROWS + rows, mask=rows < STATE_ROWS, other=0.0))
+        dz_ring.index(b).store(gl.load(dhz + row * STATE_ROWS + rows, mask=rows < STATE_ROWS, other=0.0))
+        mbarrier.arrive(bar, count=1)
+
+
+@gluon.jit
+def _state_vector(ring, b, j: gl.constexpr):
+    """Row block j of z or dz from ring slot b, along the columns of a [C, BR] product."""
+    return ring.index(b).slice(j * ROW_BLOCK, ROW_BLOCK).load(COLS)
+
+
+@gluon.jit
+def _store_chunk(acc, buf, desc, i_b, i_h, t0, width: gl.constexpr, later: gl.constexpr):
+    """A [C, width] gradient chunk to HBM through its shared buffer (TMA; rows past T are clipped), once the
+    previous store from that buffer has read it (`later`: stores the partition issued after that one)."""
+    tma.store_wait(later)
+    buf.store(acc.to(gl.bfloat16))
+    fence_async_shared()
+    tma_store(desc, [i_b, t0, i_h, 0], _as_box(buf, [1, CHUNK, 1, width]))
+
+
+@gluon.jit
+def _dq_partition(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_desc, q_ring, k_ring, v_ring, do_ring,
+                  h_ring, dh_ring, w_ring, r_ring, z_ring, dz_ring, aq_s, b_s, dq_buf, in_ready, in_free, inv_den, r,
+                  hz, dhz, H, T, NT, n_tiles):
+    """dq of each tile: ds k, ds = causal (g v^T + r) (1/sqrt(F) + s/F), plus d/dq [phi(q).(S g + z r)] with the
+    state before the chunk (S_j, z_j: h, hz) as the product rule on the factors, sum_j (w_j * qb_j) A_j^T +
+    (w_j * qa_j) B_j^T with w_j = g S_j^T + r z_j^T."""
+    C: gl.constexpr = CHUNK
+    F: gl.constexpr = FEATURE_DIM
+    zero_cc = gl.zeros([C, C], gl.float32, MMA)
+    zero_cf = gl.zeros([C, F], gl.float32, MMA_F)
+    t_rows = gl.arange(0, C, layout=ROWS)
+    causal = gl.expand_dims(t_rows, 1) >= gl.expand_dims(gl.arange(0, C, layout=COLS), 0)
+    for c in range(_program_tiles(n_tiles)):
+        i_b, i_h, i_t, row = _grad_tile(c, H, NT)
+        b = c % 2
+        mbarrier.wait(in_ready.index(b), (c // 2) & 1)
+        w = gl.expand_dims(w_ring.index(b).load(ROWS), 1)
+        rr = gl.expand_dims(r_ring.index(b).load(ROWS), 1)
+        q_s = q_ring.index(b)
+        k_s = k_ring.index(b)
+        do_s = do_ring.index(b)
+        s = warpgroup_mma(q_s, k_s.permute((1, 0)), zero_cc, is_async=True)
+        da = warpgroup_mma(do_s, v_ring.index(b).permute((1, 0)), zero_cc, is_async=True)
+        s, da = warpgroup_mma_wait(0, deps=[s, da])
+        ds = gl.where(causal, (da * w + rr) * (LINEAR + 2.0 * QUADRATIC * s), 0.0)
+        dq = warpgroup_mma(gl.convert_layout(ds.to(gl.bfloat16), DOT_A_F), k_s, zero_cf)
+        for j in gl.static_range(3):
+            wq = warpgroup_mma(do_s, h_ring.index(b * 3 + j).permute((1, 0)), zero_cc)
+            wq = wq * w + rr * gl.expand_dims(_state_vector(z_ring, b, j), 0)
+            qa, qb = _factors(q_s, aq_s, b_s, j, zero_cc)
+            dq = warpgroup_mma(gl.convert_layout((wq * qb).to(gl.bfloat16), DOT_A_F), aq_s.index(j).permute((1, 0)),
+                               dq)
+            dq = warpgroup_mma(gl.convert_layout((wq * qa).to(gl.bfloat16), DOT_A_F), b_s.index(j).permute((1, 0)),
+                               dq)
+        mbarrier.arrive(in_free.index(b), count=1)
+        _store_chunk(dq, dq_buf, dq_desc, i_b, i_h, i_t * C, F, 0)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def _dkdv_partition(q_ring, k_ring, v_ring, do_ring, dh_ring, w_ring, r_ring, dz_ring, ak_s, b_s, dk_buf, dv_buf,
+                    in_ready, in_free, dk_desc, dv_desc, H, T, NT, n_tiles):
+    """dk and dv of each tile, transposed intra-chunk matrices (key j on rows, query i on columns):
+    dk = ds^T q + d/dk [phi(k).(dS v + dz)],  dv = (a^T * inv_den) do + sum_j phi_k_j(k) dS_j
+    with the reverse-time state after the chunk (dS_j, dz_j: dh, dhz), the product rule as in _dq_partition."""
+    C: gl.constexpr = CHUNK
+    F: gl.constexpr = FEATURE_DIM
+    D: gl.constexpr = HEAD_DIM
+    zero_cc = gl.zeros([C, C], gl.float32, MMA)
+    zero_cf = gl.zeros([C, F], gl.float32, MMA_F)
+    zero_cd = gl.zeros([C, D], gl.float32, MMA)
+    t_cols = gl.arange(0, C, layout=COLS)
+    causal_t = gl.expand_dims(gl.arange(0, C, layout=ROWS), 1) <= gl.expand_dims(t_cols, 0)
+    for c in range(_program_tiles(n_tiles)):
+        i_b, i_h, i_t, row = _grad_tile(c, H, NT)
+        b = c % 2
+        mbarrier.wait(in_ready.index(b), (c // 2) & 1)
+        w = gl.expand_dims(w_ring.index(b).load(COLS), 0)
+        rr = gl.expand_dims(r_ring.index(b).load(COLS), 0)
+        q_s = q_ring.index(b)
+        k_s = k_ring.index(b)
+        do_s = do_ring.index(b)
+        v_s = v_ring.index(b)
+        st = warpgroup_mma(k_s, q_s.permute((1, 0)), zero_cc, is_async=True)                      # s^T
+        dat = warpgroup_mma(v_s, do_s.permute((1, 0)), zero_cc, is_async=True)                    # (v do^T)^T
+        st, dat = warpgroup_mma_wait(0, deps=[st, dat])
+        dst = gl.where(causal_t, (dat * w + rr) * (LINEAR + 2.0 * QUADRATIC * st), 0.0)
+        dk = warpgroup_mma(gl.convert_layout(dst.to(gl.bfloat16), DOT_A_F), q_s, zero_cf)
+        at = gl.where(causal_t, (1.0 + st * LINEAR + st * st * QUADRATIC) * w, 0.0)
+        dv = warpgroup_mma(gl.convert_layout(at.to(gl.bfloat16), DOT_A), do_s, zero_cd)
+        for j in gl.static_range(3):
+            dh_s = dh_ring.index(b * 3 + j)
+            wk = warpgroup_mma(v_s, dh_s.permute((1, 0)), zero_cc) + gl.expand_dims(_state_vector(dz_ring, b, j), 0)
+            ka, kb = _factors(k_s, ak_s, b_s, j, zero_cc)
+            dk = warpgroup_mma(gl.convert_layout((wk * kb).to(gl.bfloat16), DOT_A_F), ak_s.index(j).permute((1, 0)),
+                               dk)
+            dk = warpgroup_mma(gl.convert_layout((wk * ka).to(gl.bfloat16), DOT_A_F), b_s.index(j).permute((1, 0)),
+                               dk)
+            dv = warpgroup_mma(gl.convert_layout((ka * kb).to(gl.bfloat16), DOT_A), dh_s, dv)
+        mbarrier.arrive(in_free.index(b), count=1)
+        _store_chunk(dk, dk_buf, dk_desc, i_b, i_h, i_t * C, F, 1)
+        _store_chunk(dv, dv_buf, dv_desc, i_b, i_h, i_t * C, D, 1)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def _hopper_grad_kernel(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_desc, dk_desc, dv_desc, inv_den, r, hz,
+                        dhz, sel, T, H, NT, n_tiles):
+    """dq, dk, dv of every chunk (the two-level _bwd_grad_kernel's math), a persistent grid over the n_tiles =
+    B * H * NT chunks. TMA descriptors: q, k, v, do, dq, dk, dv of [B, T, H, X] with [1, C, 1, X] boxes; h, dh of
+    [B * NT * H, 153, 64] with [1, 64, 64] boxes (the forward's states before each chunk, the reverse scan's after
+    it); inv_den, r fp32 [B, H, T], hz, dhz fp32 [B * NT, H, 153]."""
+    C: gl.constexpr = CHUNK
+    F: gl.constexpr = FEATURE_DIM
+    D: gl.constexpr = HEAD_DIM
+    BR: gl.constexpr = ROW_BLOCK
+    q_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, F], SL_CF)
+    k_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, F], SL_CF)
+    v_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, D], SL_CD)
+    do_ring = gl.allocate_shared_memory(gl.bfloat16, [2, C, D], SL_CD)
+    h_ring = gl.allocate_shared_memory(gl.bfloat16, [6, BR, D], SL_CD)                # 2 slots x 3 row blocks
+    dh_ring = gl.allocate_shared_memory(gl.bfloat16, [6, BR, D], SL_CD)
+    w_ring = gl.allocate_shared_memory(gl.float32, [2, C], SL_VEC)                   # inv_den
+    r_ring = gl.allocate_shared_memory(gl.float32, [2, C], SL_VEC)
+    z_ring = gl.allocate_shared_memory(gl.float32, [2, STATE_BOX], SL_VEC)             # hz
+    dz_ring = gl.allocate_shared_memory(gl.float32, [2, STATE_BOX], SL_VEC)
+    dq_buf = gl.allocate_shared_memory(gl.bfloat16, [C, F], SL_CF)
+    dk_buf = gl.allocate_shared_memory(gl.bfloat16, [C, F], SL_CF)
+    dv_buf = gl.allocate_shared_memory(gl.bfloat16, [C, D], SL_CD)
+    aq_s = gl.allocate_shared_memory(gl.bfloat16, [3, F, BR], SL_FR)                   # selections
+    ak_s = gl.allocate_shared_memory(gl.bfloat16, [3, F, BR], SL_FR)
+    b_s = gl.allocate_shared_memory(gl.bfloat16, [3, F, BR], SL_FR)
+    in_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    in_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):      # the ring: the TMA's bytes and the loader's vectors; the two consumers
+        mbarrier.init(in_ready.index(i), count=2)
+        mbarrier.init(in_free.index(i), count=2)
+    _stage_table(sel, 0, aq_s, False)
+    _stage_table(sel, 1, ak_s, False)
+    _stage_table(sel, 2, b_s, False)
+    fence_async_shared()
+    thread_barrier()
+    worker_args = (q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_desc, q_ring, k_ring, v_ring, do_ring, h_ring,
+                   dh_ring, w_ring, r_ring, z_ring, dz_ring, aq_s, b_s, dq_buf, in_ready, in_free, inv_den, r, hz, dhz,
+                   H, T, NT, n_tiles)
+    gl.warp_specialize([
+        (_dkdv_partition, (q_ring, k_ring, v_ring, do_ring, dh_ring, w_ring, r_ring, dz_ring, ak_s, b_s, dk_buf,
+                           dv_buf, in_ready, in_free, dk_desc, dv_desc, H, T, NT, n_tiles)),
+        (_dq_partition, worker_args),
+        (_grad_loader_partition, worker_args),
+    ], [4, 1], [GRAD_DQ_REGS, GRAD_LOADER_REGS])

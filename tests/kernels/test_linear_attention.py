@@ -211,7 +211,7 @@ def test_hopper_segments():
     assert hopper_segments(16, 8, sms, segment_chunks=10) == 8
 
 
-@pytest.mark.parametrize("kernel", ["forward", "reverse scan"])
+@pytest.mark.parametrize("kernel", ["forward", "reverse scan", "gradients"])
 def test_hopper_kernels_compile_for_sm90(kernel):
     """The Gluon kernels are only run on the H200; CPU CI at least compiles them for sm_90 with its own Triton (the
     Gluon API moves between releases) and checks that each fits one program per multiprocessor. In a subprocess:
