@@ -542,9 +542,29 @@ def _grad_loader_partition(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_
 
 
 @gluon.jit
+def _wait_tile(c, in_ready, w_ring, r_ring, layout: gl.constexpr, dim: gl.constexpr):
+    """Ring slot of tile c once it is loaded, and the tile's inv_den and r in layout (ROWS or COLS), broadcast
+    along dim."""
+    b = c % 2
+    mbarrier.wait(in_ready.index(b), (c // 2) & 1)
+    return b, gl.expand_dims(w_ring.index(b).load(layout), dim), gl.expand_dims(r_ring.index(b).load(layout), dim)
+
+
+@gluon.jit
 def _state_vector(ring, b, j: gl.constexpr):
     """Row block j of z or dz from ring slot b, along the columns of a [C, BR] product."""
     return ring.index(b).slice(j * ROW_BLOCK, ROW_BLOCK).load(COLS)
+
+
+@gluon.jit
+def _product_rule(acc, wgt, x_s, a_s, b_s, j: gl.constexpr, like):
+    """acc + d/dx_t [sum_m wgt[t, m] phi_m(x_t)] over row block j's rows m, [C, F]: with the factors xa, xb of
+    phi_j(x) = xa * xb (_factors), (wgt * xb) A_j^T + (wgt * xa) B_j^T, the tables transposed by the shared-memory
+    view. Returns the factors too."""
+    xa, xb = _factors(x_s, a_s, b_s, j, like)
+    acc = warpgroup_mma(gl.convert_layout((wgt * xb).to(gl.bfloat16), DOT_A_F), a_s.index(j).permute((1, 0)), acc)
+    acc = warpgroup_mma(gl.convert_layout((wgt * xa).to(gl.bfloat16), DOT_A_F), b_s.index(j).permute((1, 0)), acc)
+    return acc, xa, xb
 
 
 @gluon.jit
@@ -562,8 +582,7 @@ def _dq_partition(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_desc, q_r
                   h_ring, dh_ring, w_ring, r_ring, z_ring, dz_ring, aq_s, b_s, dq_buf, in_ready, in_free, inv_den, r,
                   hz, dhz, H, T, NT, n_tiles):
     """dq of each tile: ds k, ds = causal (g v^T + r) (1/sqrt(F) + s/F), plus d/dq [phi(q).(S g + z r)] with the
-    state before the chunk (S_j, z_j: h, hz) as the product rule on the factors, sum_j (w_j * qb_j) A_j^T +
-    (w_j * qa_j) B_j^T with w_j = g S_j^T + r z_j^T."""
+    state before the chunk (S_j, z_j: h, hz): _product_rule with the weights g S_j^T + r z_j^T."""
     C: gl.constexpr = CHUNK
     F: gl.constexpr = FEATURE_DIM
     zero_cc = gl.zeros([C, C], gl.float32, MMA)
@@ -572,10 +591,7 @@ def _dq_partition(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_desc, q_r
     causal = gl.expand_dims(t_rows, 1) >= gl.expand_dims(gl.arange(0, C, layout=COLS), 0)
     for c in range(_program_tiles(n_tiles)):
         i_b, i_h, i_t, row = _grad_tile(c, H, NT)
-        b = c % 2
-        mbarrier.wait(in_ready.index(b), (c // 2) & 1)
-        w = gl.expand_dims(w_ring.index(b).load(ROWS), 1)
-        rr = gl.expand_dims(r_ring.index(b).load(ROWS), 1)
+        b, w, rr = _wait_tile(c, in_ready, w_ring, r_ring, ROWS, 1)
         q_s = q_ring.index(b)
         k_s = k_ring.index(b)
         do_s = do_ring.index(b)
@@ -587,11 +603,7 @@ def _dq_partition(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_desc, q_r
         for j in gl.static_range(3):
             wq = warpgroup_mma(do_s, h_ring.index(b * 3 + j).permute((1, 0)), zero_cc)
             wq = wq * w + rr * gl.expand_dims(_state_vector(z_ring, b, j), 0)
-            qa, qb = _factors(q_s, aq_s, b_s, j, zero_cc)
-            dq = warpgroup_mma(gl.convert_layout((wq * qb).to(gl.bfloat16), DOT_A_F), aq_s.index(j).permute((1, 0)),
-                               dq)
-            dq = warpgroup_mma(gl.convert_layout((wq * qa).to(gl.bfloat16), DOT_A_F), b_s.index(j).permute((1, 0)),
-                               dq)
+            dq, qa, qb = _product_rule(dq, wq, q_s, aq_s, b_s, j, zero_cc)
         mbarrier.arrive(in_free.index(b), count=1)
         _store_chunk(dq, dq_buf, dq_desc, i_b, i_h, i_t * C, F, 0)
     tma.store_wait(0)
@@ -602,7 +614,8 @@ def _dkdv_partition(q_ring, k_ring, v_ring, do_ring, dh_ring, w_ring, r_ring, dz
                     in_ready, in_free, dk_desc, dv_desc, H, T, NT, n_tiles):
     """dk and dv of each tile, transposed intra-chunk matrices (key j on rows, query i on columns):
     dk = ds^T q + d/dk [phi(k).(dS v + dz)],  dv = (a^T * inv_den) do + sum_j phi_k_j(k) dS_j
-    with the reverse-time state after the chunk (dS_j, dz_j: dh, dhz), the product rule as in _dq_partition."""
+    with the reverse-time state after the chunk (dS_j, dz_j: dh, dhz): _product_rule with the weights
+    v dS_j^T + dz_j."""
     C: gl.constexpr = CHUNK
     F: gl.constexpr = FEATURE_DIM
     D: gl.constexpr = HEAD_DIM
@@ -613,10 +626,7 @@ def _dkdv_partition(q_ring, k_ring, v_ring, do_ring, dh_ring, w_ring, r_ring, dz
     causal_t = gl.expand_dims(gl.arange(0, C, layout=ROWS), 1) <= gl.expand_dims(t_cols, 0)
     for c in range(_program_tiles(n_tiles)):
         i_b, i_h, i_t, row = _grad_tile(c, H, NT)
-        b = c % 2
-        mbarrier.wait(in_ready.index(b), (c // 2) & 1)
-        w = gl.expand_dims(w_ring.index(b).load(COLS), 0)
-        rr = gl.expand_dims(r_ring.index(b).load(COLS), 0)
+        b, w, rr = _wait_tile(c, in_ready, w_ring, r_ring, COLS, 0)
         q_s = q_ring.index(b)
         k_s = k_ring.index(b)
         do_s = do_ring.index(b)
@@ -631,11 +641,7 @@ def _dkdv_partition(q_ring, k_ring, v_ring, do_ring, dh_ring, w_ring, r_ring, dz
         for j in gl.static_range(3):
             dh_s = dh_ring.index(b * 3 + j)
             wk = warpgroup_mma(v_s, dh_s.permute((1, 0)), zero_cc) + gl.expand_dims(_state_vector(dz_ring, b, j), 0)
-            ka, kb = _factors(k_s, ak_s, b_s, j, zero_cc)
-            dk = warpgroup_mma(gl.convert_layout((wk * kb).to(gl.bfloat16), DOT_A_F), ak_s.index(j).permute((1, 0)),
-                               dk)
-            dk = warpgroup_mma(gl.convert_layout((wk * ka).to(gl.bfloat16), DOT_A_F), b_s.index(j).permute((1, 0)),
-                               dk)
+            dk, ka, kb = _product_rule(dk, wk, k_s, ak_s, b_s, j, zero_cc)
             dv = warpgroup_mma(gl.convert_layout((ka * kb).to(gl.bfloat16), DOT_A), dh_s, dv)
         mbarrier.arrive(in_free.index(b), count=1)
         _store_chunk(dk, dk_buf, dk_desc, i_b, i_h, i_t * C, F, 1)
