@@ -80,8 +80,8 @@ def kernel_variants(head_dim: int, torch_dtype: torch.dtype, cfg: LaunchConfig):
     no_sel = {k: v for k, v in types.items() if not k.startswith("SEL_")}
     common = dict(F=FEATURE_DIM, M=COMPACT_FEATURES, MP=FEATURE_TABLE_ROWS, D=head_dim, C=cfg.chunk, IS_VARLEN=False)
     per_chunk = dict(common, **_feature_constants(FEATURE_DIM))
-    scan = dict(common, BD=cfg.state_d, HAS_INIT=True, SUM_TOTALS=True, STORE_H=True, STORE_END=False,
-                PREC=types["PREC"], STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"])
+    scan = dict(common, BD=cfg.state_d, HAS_INIT=True, SUM_TOTALS=True, STORE_H=True, STORE_END=False, SUM_Z=True,
+                SKIP_UNREAD=False, PREC=types["PREC"], STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"])
     for direction in ("fwd", "bwd"):
         yield (f"chunk scan {direction}", tk._chunk_state_kernel,
                dict(scan, BR=cfg.state_rows, REVERSE=direction == "bwd"), cfg.state_warps, cfg.state_stages,
@@ -101,7 +101,8 @@ def hopper_resources(arch: int, name: str) -> dict:
     passes."""
     kernel = getattr(gluon_kernels, HOPPER_KERNELS[name])
     boxes = hopper_boxes(FEATURE_DIM, HOPPER_HEAD_DIM)
-    pointers = {"inv_den": "*fp32", "r": "*fp32", "hz": "*fp32", "dhz": "*fp32", "ends": "*fp32", "sel": "*bf16"}
+    pointers = {"inv_den": "*fp32", "r": "*fp32", "hz": "*fp32", "dhz": "*fp32", "ends": "*fp32", "dz_totals": "*fp32",
+                "sel": "*bf16"}
     signature, attrs = {}, {}
     for i, arg in enumerate(kernel.arg_names):
         if arg in boxes:

@@ -50,6 +50,8 @@ class LaunchConfig:
     hopper: bool = True           # the warp-specialised Gluon kernels (gluon_kernels: forward, reverse scan,
                                   # gradients) where they apply (_hopper_applies); False: always the two-level ones
     hopper_segment_chunks: int = 0    # chunks per program of the Hopper kernels; 0: hopper_segments' choice
+    hopper_pdl: bool = True       # programmatic dependent launch of the Hopper kernels: each one's programs start
+                                  # (and wait for the previous kernel) while the previous kernel drains
 
 
 SCAN_PROGRAMS_PER_SM = 6      # a scan segment per program ... until this many programs per multiprocessor
@@ -291,7 +293,7 @@ def _scan(x, y, inv_den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, 
         _scan_pass(x, y, inv_den, r, h, hz, init, ends, cfg, layout, cu_seqlens, n_seq, reverse, sum_totals=False,
                    store_h=True, store_end=want_end)
         return ScanResult(h, hz, _unpack(ends[:, 0], D) if want_end else None)
-    ends = _segment_totals(x, y, inv_den, r, cfg, layout, cu_seqlens, n_seq, reverse)
+    ends = _segment_totals(x, y, inv_den, r, cfg, layout, cu_seqlens, n_seq, reverse, all_segments=want_end)
     _scan_pass(x, y, inv_den, r, h, hz, init, ends, cfg, layout, cu_seqlens, n_seq, reverse, sum_totals=True,
                store_h=True, store_end=False)
     end = None
@@ -307,29 +309,33 @@ def _new_totals(n_seq: int, layout: ChunkLayout, heads: int, head_dim: int, devi
 
 
 def _segment_totals(x, y, inv_den, r, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, n_seq: int,
-                    reverse: bool) -> torch.Tensor:
-    """The first pass of a segmented scan: each segment's total state from zero (_new_totals)."""
+                    reverse: bool, all_segments: bool = False) -> torch.Tensor:
+    """The first pass of a segmented scan: each segment's total state from zero (_new_totals), except the one no
+    second pass reads (forward: the last, reverse: the first; left unwritten) unless all_segments (the end state is
+    their sum). Reverse without r, the totals' dz are zero (the Hopper reverse scan carries dz itself)."""
     ends = _new_totals(n_seq, layout, x.shape[2], y.shape[-1], x.device)
     _scan_pass(x, y, inv_den, r, None, None, None, ends, cfg, layout, cu_seqlens, n_seq, reverse, sum_totals=False,
-               store_h=False, store_end=True)
+               store_h=False, store_end=True, skip_unread=not all_segments)
     return ends
 
 
 def _scan_pass(x, y, inv_den, r, h, hz, boundary, ends, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens,
-               n_seq: int, reverse: bool, sum_totals: bool, store_h: bool, store_end: bool):
-    """One pass of _chunk_state_kernel over every segment (see _scan)."""
+               n_seq: int, reverse: bool, sum_totals: bool, store_h: bool, store_end: bool, skip_unread: bool = False):
+    """One pass of _chunk_state_kernel over every segment (see _scan; skip_unread: _segment_totals')."""
     B, T, H, F = x.shape
     D = y.shape[-1]
     types = _dot_types(x.dtype)
-    grid = (_cdiv(COMPACT_FEATURES, cfg.state_rows), _cdiv(D, cfg.state_d), n_seq * H * layout.segments)
+    grid = (_cdiv(COMPACT_FEATURES, cfg.state_rows), _cdiv(D, cfg.state_d),
+            n_seq * H * (layout.segments - skip_unread))
     _chunk_state_kernel[grid](
         x, y, _or_dummy(inv_den, x), _or_dummy(r, x), _or_dummy(h, x), _or_dummy(hz, x), _or_dummy(boundary, x),
         _or_dummy(ends, x), feature_tables(x.dtype, x.device), cu_seqlens, layout.offsets, *x.stride(), *y.stride(),
         T, H, layout.chunks_per_seq, layout.segments, layout.segment_chunks, D=D, F=F, M=COMPACT_FEATURES,
         MP=FEATURE_TABLE_ROWS, C=cfg.chunk, BR=cfg.state_rows, BD=cfg.state_d, IS_VARLEN=cu_seqlens is not None,
         REVERSE=reverse, HAS_INIT=boundary is not None, SUM_TOTALS=sum_totals, STORE_H=store_h, STORE_END=store_end,
-        PREC=types["PREC"], STATE_DT=types["STATE_DT"], STATE_PREC=types["STATE_PREC"],
-        num_warps=cfg.state_warps, num_stages=cfg.state_stages, maxnreg=cfg.state_regs or None)
+        SUM_Z=not reverse or r is not None, SKIP_UNREAD=skip_unread, PREC=types["PREC"], STATE_DT=types["STATE_DT"],
+        STATE_PREC=types["STATE_PREC"], num_warps=cfg.state_warps, num_stages=cfg.state_stages,
+        maxnreg=cfg.state_regs or None)
 
 
 def _output(q, k, v, scan: ScanResult, cfg: LaunchConfig, layout: ChunkLayout, cu_seqlens, eps):
@@ -455,48 +461,51 @@ def _hopper_forward(q, k, v, eps, cfg: LaunchConfig):
                                       o_desc=o)
     gluon_kernels._hopper_forward_kernel[(B * H * layout.segments,)](
         *descriptors, inv_den, hz, _or_dummy(ends, hz), feature_tables(q.dtype, q.device), T, H,
-        layout.chunks_per_seq, layout.segments, layout.segment_chunks, eps, num_warps=4, maxnreg=HOPPER_MAXNREG)
+        layout.chunks_per_seq, layout.segments, layout.segment_chunks, eps, num_warps=4, maxnreg=HOPPER_MAXNREG,
+        launch_pdl=cfg.hopper_pdl)
     return o, inv_den, ScanResult(h, hz, None)
 
 
 def _hopper_reverse_scan(q, do, o, inv_den, cfg: LaunchConfig):
     """r and the backward's per-chunk states (as _scan stores them in reverse) from gluon_kernels' reverse scan,
-    which computes r beside the scan; with several segments r comes first (_delta), for the first pass that stores
-    the segments' totals."""
+    which computes r beside the scan. With several segments a first pass stores the segments' dS totals (without r:
+    dz feeds nothing in the scan), and dz is carried across segments afterwards: the scan stores each segment's dz
+    total, the gradient kernel adds the later ones to dhz. Returns r, the states, the dz totals (or None)."""
     B, T, H, _ = q.shape
     D = do.shape[-1]
     layout = _hopper_layout(B, T, H, q.device, cfg)
-    ends = None
+    ends = dz_totals = None
     if layout.segments > 1:
-        r = _delta(o, do, inv_den)
-        ends = _segment_totals(q, do, inv_den, r, cfg, layout, None, B, reverse=True)
-    else:
-        r = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
+        ends = _segment_totals(q, do, inv_den, None, cfg, layout, None, B, reverse=True)
+        dz_totals = torch.empty(B, layout.segments, H, COMPACT_FEATURES, device=q.device, dtype=torch.float32)
+    r = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
     dh = q.new_empty(layout.n_rows, H, COMPACT_FEATURES, D)
     dhz = q.new_empty(layout.n_rows, H, COMPACT_FEATURES, dtype=torch.float32)
     descriptors = _hopper_descriptors(q_desc=q, do_desc=do, o_desc=o, dh_desc=dh.view(-1, COMPACT_FEATURES, D))
     gluon_kernels._hopper_reverse_scan_kernel[(B * H * layout.segments,)](
-        *descriptors, inv_den, r, dhz, _or_dummy(ends, dhz), feature_tables(q.dtype, q.device), T, H,
-        layout.chunks_per_seq, layout.segments, layout.segment_chunks, int(layout.segments == 1), num_warps=4,
-        maxnreg=HOPPER_MAXNREG)
-    return r, ScanResult(dh, dhz, None)
+        *descriptors, inv_den, r, dhz, _or_dummy(ends, dhz), _or_dummy(dz_totals, dhz),
+        feature_tables(q.dtype, q.device), T, H, layout.chunks_per_seq, layout.segments, layout.segment_chunks,
+        num_warps=4, maxnreg=HOPPER_MAXNREG, launch_pdl=cfg.hopper_pdl)
+    return r, ScanResult(dh, dhz, None), dz_totals
 
 
-def _hopper_gradients(q, k, v, do, inv_den, r, scan: ScanResult, grad_scan: ScanResult):
+def _hopper_gradients(q, k, v, do, inv_den, r, scan: ScanResult, grad_scan: ScanResult, dz_totals,
+                      cfg: LaunchConfig):
     """dq, dk, dv from gluon_kernels' per-chunk gradient kernel (a persistent grid, one program per multiprocessor,
-    over the B * H * NT chunks) and the two scans' states."""
+    over the B * H * NT chunks) and the two scans' states (_hopper_reverse_scan's, with its dz totals)."""
     B, T, H, _ = q.shape
     D = v.shape[-1]
-    n_chunks = _cdiv(T, HOPPER_CHUNK)
-    n_tiles = B * H * n_chunks
+    layout = _hopper_layout(B, T, H, q.device, cfg)
+    n_tiles = B * H * layout.chunks_per_seq
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     descriptors = _hopper_descriptors(q_desc=q, k_desc=k, v_desc=v, do_desc=do,
                                       h_desc=scan.h.view(-1, COMPACT_FEATURES, D),
                                       dh_desc=grad_scan.h.view(-1, COMPACT_FEATURES, D), dq_desc=dq, dk_desc=dk,
                                       dv_desc=dv)
     gluon_kernels._hopper_grad_kernel[(min(n_tiles, _multiprocessors(q.device)),)](
-        *descriptors, inv_den, r, scan.hz, grad_scan.hz, feature_tables(q.dtype, q.device), T, H, n_chunks, n_tiles,
-        num_warps=4, maxnreg=HOPPER_MAXNREG)
+        *descriptors, inv_den, r, scan.hz, grad_scan.hz, _or_dummy(dz_totals, r), feature_tables(q.dtype, q.device), T,
+        H, layout.chunks_per_seq, layout.segments, layout.segment_chunks, n_tiles, num_warps=4, maxnreg=HOPPER_MAXNREG,
+        launch_pdl=cfg.hopper_pdl)
     return dq, dk, dv
 
 
@@ -549,8 +558,9 @@ class LinearAttentionFunction(torch.autograd.Function):
             final_grad = (to_compact(_zeros_if_none(ds_final, (n_seq, H, FEATURES, D), q), gradient=True),
                           to_compact(_zeros_if_none(dz_final, (n_seq, H, FEATURES), q), gradient=True))
         if ctx.hopper and _tma_addressable(do):         # (a Hopper forward has no final state: final_grad is None)
-            r, grad_scan = _hopper_reverse_scan(q, do, o, inv_den, cfg)
-            dq, dk, dv = _hopper_gradients(q, k, v, do, inv_den, r, ScanResult(h, hz, None), grad_scan)
+            r, grad_scan, dz_totals = _hopper_reverse_scan(q, do, o, inv_den, cfg)
+            dq, dk, dv = _hopper_gradients(q, k, v, do, inv_den, r, ScanResult(h, hz, None), grad_scan, dz_totals,
+                                           cfg)
         else:
             r = _delta(o, do, inv_den)
             grad_scan = _scan(q, do, inv_den, r, cfg, layout, cu_seqlens, n_seq, reverse=True, boundary=final_grad,

@@ -26,10 +26,11 @@ The reverse scan (_hopper_reverse_scan_kernel) is the forward's update partition
                               published before each chunk to HBM (dh, dhz: the state after the chunk, TMA) from a
                               double-buffered shared copy
   delta partition (4 warps)   r = -(do . o) inv_den of the chunk, to HBM (the per-chunk kernel reads it) and, with
-                              inv_den, into shared memory for the update partition (or r read back when a first
-                              pass needed it before: several segments)
-  loader partition (1 warp)   TMA loads of the q, do (and o) chunks into a 2-deep ring
-so the delta kernel and the two-level reverse scan become one launch.
+                              inv_den, into shared memory for the update partition
+  loader partition (1 warp)   TMA loads of the q, do and o chunks into a 2-deep ring
+so the delta kernel and the two-level reverse scan become one launch. dz feeds nothing inside the scan, so with
+segments it is carried afterwards: every segment's dz starts from zero, its total goes to dz_totals, and the gradient
+kernel adds the later segments' totals to dhz; the segments' first pass (dS totals only) then needs no r.
 
 The gradient kernel (_hopper_grad_kernel) is triton_kernels._bwd_grad_kernel's math on a persistent grid (one
 program per multiprocessor walks the chunks pid, pid + programs, ...), every chunk from the two scans' states:
@@ -37,8 +38,12 @@ program per multiprocessor walks the chunks pid, pid + programs, ...), every chu
   dk/dv partition (default)   the transposed intra-chunk matrices (key on rows): dk = ds^T q + the product rule of
                               phi(k).(dS v + dz), dv = (a^T inv_den) do + sum_j phi_k_j(k) dS_j
   loader partition (1 warp)   TMA loads of q, k, v, do and the three row blocks of h and dh into a 2-deep ring; the
-                              fp32 vectors (inv_den, r, hz, dhz) loaded by the warp a tile ahead
+                              fp32 vectors (inv_den, r, hz, dhz plus the later segments' dz totals) loaded by the
+                              warp a tile ahead
 dq, dk and dv leave by TMA from shared memory.
+
+Each kernel is launched as a programmatic dependent launch (fused.LaunchConfig.hopper_pdl): its programs may start
+while the previous kernel drains and wait for it before their first global access (_overlap_previous_kernel).
 """
 
 from triton.experimental import gluon
@@ -78,10 +83,10 @@ SL_RF = SL_CF                                                                   
 SL_FR = gl.constexpr(gl.NVMMASharedLayout.get_default_for([16, 64], gl.bfloat16))   # [F, BR] tables,
 SL_CD = gl.constexpr(gl.NVMMASharedLayout.get_default_for([64, 64], gl.bfloat16))   # [C, D] chunks, [BR, D] states
 SL_VEC = gl.constexpr(gl.SwizzledSharedLayout(1, 1, 1, [0]))                    # vectors
-UPDATE_REGS = gl.constexpr(232)       # setmaxnreg budgets; the default partition gets the rest of the kernel's
+UPDATE_REGS = gl.constexpr(240)       # setmaxnreg budgets; the default partition gets the rest of the kernel's
 LOADER_REGS = gl.constexpr(24)        # cap (fused.HOPPER_MAXNREG: 12 warps, one program per multiprocessor)
 DELTA_REGS = gl.constexpr(96)
-GRAD_DQ_REGS = gl.constexpr(200)      # the gradient kernel: dk/dv partition (default) 256, dq 200, loader 56
+GRAD_DQ_REGS = gl.constexpr(192)      # the gradient kernel: dk/dv partition (default) 256, dq 192, loader 56
 GRAD_LOADER_REGS = gl.constexpr(56)
 
 
@@ -94,6 +99,15 @@ def _as_box(buf, shape: gl.constexpr):
     else:
         box = buf._reinterpret(gl.bfloat16, shape, layout)
     return box
+
+
+@gluon.jit
+def _overlap_previous_kernel():
+    """Programmatic dependent launch (fused.py launches these kernels with launch_pdl): the next kernel's programs
+    may start now (they wait in their own call of this), and this one waits until the previous kernel has finished
+    and its writes are visible; every global load and store of the kernel comes after."""
+    gl.inline_asm_elementwise("griddepcontrol.launch_dependents;\n\tgriddepcontrol.wait; // $0", "=r", [],
+                              dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
@@ -225,10 +239,16 @@ def _store_state(b, z0, z1, z2, s_buf, h_desc, hz, row):
     """Shared buffer b (fenced) to state row `row` of h by TMA, z to hz."""
     for j in gl.static_range(3):
         tma_store(h_desc, [row, j * ROW_BLOCK, 0], _as_box(s_buf.index(b * 3 + j), [1, ROW_BLOCK, HEAD_DIM]))
+    _store_rows(hz + row * STATE_ROWS, z0, z1, z2)
+
+
+@gluon.jit
+def _store_rows(ptr, z0, z1, z2):
+    """The three row blocks of a z-like vector to its 153 fp32 elements at ptr."""
     m = gl.arange(0, ROW_BLOCK, layout=ROWS)
-    gl.store(hz + row * STATE_ROWS + m, z0)
-    gl.store(hz + row * STATE_ROWS + ROW_BLOCK + m, z1)
-    gl.store(hz + row * STATE_ROWS + 2 * ROW_BLOCK + m, z2, mask=2 * ROW_BLOCK + m < STATE_ROWS)
+    gl.store(ptr + m, z0)
+    gl.store(ptr + ROW_BLOCK + m, z1)
+    gl.store(ptr + 2 * ROW_BLOCK + m, z2, mask=2 * ROW_BLOCK + m < STATE_ROWS)
 
 
 @gluon.jit
@@ -350,6 +370,7 @@ def _hopper_forward_kernel(q_desc, k_desc, v_desc, h_desc, o_desc, inv_den, hz, 
     _stage_table(sel, 5, bt_s, True)
     fence_async_shared()
     thread_barrier()
+    _overlap_previous_kernel()
     worker_args = (q_desc, k_desc, v_desc, h_desc, q_ring, k_ring, v_ring, s_buf, z_buf, akt_s, bt_s, in_ready, in_free,
                    st_ready, st_free, hz, ends, i_b, i_h, i_s, H, T, NT, NSEG, first, n)
     gl.warp_specialize([
@@ -362,9 +383,9 @@ def _hopper_forward_kernel(q_desc, k_desc, v_desc, h_desc, o_desc, inv_den, hz, 
 
 @gluon.jit
 def _rev_loader_partition(q_desc, do_desc, o_desc, q_ring, do_ring, o_ring, r_buf, w_buf, in_ready, in_free,
-                          r_ready, r_free, inv_den, r, i_b, i_h, H, T, first, n, compute_r):
-    """TMA loads of the segment's chunk first + n - 1 - c (last to first) into ring slot c % 2: q, do, and o when
-    the delta partition computes r. (Worker partitions share one signature.)"""
+                          r_ready, r_free, inv_den, r, i_b, i_h, H, T, first, n):
+    """TMA loads of the segment's chunk first + n - 1 - c (last to first) into ring slot c % 2: q, do and o.
+    (Worker partitions share one signature.)"""
     C: gl.constexpr = CHUNK
     F: gl.constexpr = FEATURE_DIM
     D: gl.constexpr = HEAD_DIM
@@ -373,19 +394,16 @@ def _rev_loader_partition(q_desc, do_desc, o_desc, q_ring, do_ring, o_ring, r_bu
         mbarrier.wait(in_free.index(b), ((c // 2) & 1) ^ 1)
         bar = in_ready.index(b)
         t0 = (first + n - 1 - c) * C
-        if compute_r:
-            mbarrier.expect(bar, C * (F + 2 * D) * 2)
-            tma_load(o_desc, [i_b, t0, i_h, 0], bar, _as_box(o_ring.index(b), [1, C, 1, D]))
-        else:
-            mbarrier.expect(bar, C * (F + D) * 2)
+        mbarrier.expect(bar, C * (F + 2 * D) * 2)
+        tma_load(o_desc, [i_b, t0, i_h, 0], bar, _as_box(o_ring.index(b), [1, C, 1, D]))
         tma_load(q_desc, [i_b, t0, i_h, 0], bar, _as_box(q_ring.index(b), [1, C, 1, F]))
         tma_load(do_desc, [i_b, t0, i_h, 0], bar, _as_box(do_ring.index(b), [1, C, 1, D]))
 
 
 @gluon.jit
 def _delta_partition(q_desc, do_desc, o_desc, q_ring, do_ring, o_ring, r_buf, w_buf, in_ready, in_free, r_ready,
-                     r_free, inv_den, r, i_b, i_h, H, T, first, n, compute_r):
-    """r = -(do . o) * inv_den of each chunk (to HBM), or r read back; r and inv_den into r_buf / w_buf[c % 2]."""
+                     r_free, inv_den, r, i_b, i_h, H, T, first, n):
+    """r = -(do . o) * inv_den of each chunk (to HBM); r and inv_den into r_buf / w_buf[c % 2]."""
     C: gl.constexpr = CHUNK
     ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])              # [C, D] tiles
     t_rows = gl.arange(0, C, layout=gl.SliceLayout(1, ld))
@@ -395,13 +413,10 @@ def _delta_partition(q_desc, do_desc, o_desc, q_ring, do_ring, o_ring, r_buf, w_
         idx = (i_b * H + i_h) * T + t
         w = gl.load(inv_den + idx, mask=t < T, other=0.0)
         mbarrier.wait(in_ready.index(b), (c // 2) & 1)
-        if compute_r:
-            dov = do_ring.index(b).load(ld).to(gl.float32)
-            ov = o_ring.index(b).load(ld).to(gl.float32)
-            rv = -gl.sum(dov * ov, 1) * w
-            gl.store(r + idx, rv, mask=t < T)
-        else:
-            rv = gl.load(r + idx, mask=t < T, other=0.0)
+        dov = do_ring.index(b).load(ld).to(gl.float32)
+        ov = o_ring.index(b).load(ld).to(gl.float32)
+        rv = -gl.sum(dov * ov, 1) * w
+        gl.store(r + idx, rv, mask=t < T)
         mbarrier.arrive(in_free.index(b), count=1)
         mbarrier.wait(r_free.index(b), ((c // 2) & 1) ^ 1)
         r_buf.index(b).store(rv)
@@ -411,14 +426,19 @@ def _delta_partition(q_desc, do_desc, o_desc, q_ring, do_ring, o_ring, r_buf, w_
 
 @gluon.jit
 def _rev_update_partition(q_ring, do_ring, s_buf, r_buf, w_buf, aqt_s, bt_s, in_ready, in_free, r_ready, r_free,
-                          dh_desc, dhz, ends, i_b, i_h, i_s, H, NT, NSEG, first, n):
-    """dS, dz in registers from the later segments' totals; before each chunk (last to first) published as the
-    state after it, then dS_j += (phi_q_j^T * inv_den) do, dz_j += phi_q_j^T r."""
+                          dh_desc, dhz, ends, dz_totals, i_b, i_h, i_s, H, NT, NSEG, first, n):
+    """dS in registers from the later segments' totals, dz from zero; before each chunk (last to first) published
+    as the state after it, then dS_j += (phi_q_j^T * inv_den) do, dz_j += phi_q_j^T r. With segments, the
+    segment's dz total goes to dz_totals: the gradient kernel adds the later segments' to dhz (dz feeds nothing
+    here, so the first pass needs no r)."""
     C: gl.constexpr = CHUNK
     zero_cc = gl.zeros([C, C], gl.float32, MMA)
-    s0, z0 = _segment_start(ends, i_b, i_h, i_s + 1, NSEG, H, NSEG, 0)
-    s1, z1 = _segment_start(ends, i_b, i_h, i_s + 1, NSEG, H, NSEG, 1)
-    s2, z2 = _segment_start(ends, i_b, i_h, i_s + 1, NSEG, H, NSEG, 2)
+    s0, _ = _segment_start(ends, i_b, i_h, i_s + 1, NSEG, H, NSEG, 0)
+    s1, _ = _segment_start(ends, i_b, i_h, i_s + 1, NSEG, H, NSEG, 1)
+    s2, _ = _segment_start(ends, i_b, i_h, i_s + 1, NSEG, H, NSEG, 2)
+    z0 = gl.zeros([ROW_BLOCK], gl.float32, ROWS)
+    z1 = gl.zeros([ROW_BLOCK], gl.float32, ROWS)
+    z2 = gl.zeros([ROW_BLOCK], gl.float32, ROWS)
     for c in range(n):
         b = c % 2
         g = first + n - 1 - c
@@ -445,16 +465,19 @@ def _rev_update_partition(q_ring, do_ring, s_buf, r_buf, w_buf, aqt_s, bt_s, in_
                 s2 = warpgroup_mma(phi_op, do_s, s2)
         mbarrier.arrive(in_free.index(b), count=1)
         mbarrier.arrive(r_free.index(b), count=1)
+    if NSEG > 1:
+        _store_rows(dz_totals + ((i_b * NSEG + i_s) * H + i_h) * STATE_ROWS, z0, z1, z2)
     tma.store_wait(0)
 
 
 @gluon.jit
-def _hopper_reverse_scan_kernel(q_desc, do_desc, o_desc, dh_desc, inv_den, r, dhz, ends, sel, T, H, NT, NSEG, SEG,
-                                compute_r):
-    """dh, dhz (the reverse-time state after each chunk, as the two-level reverse scan stores them) and, when
-    compute_r, r of one (sequence, head, segment of SEG chunks). q, do, o: TMA descriptors of [B, T, H, X] with
-    [1, C, 1, X] boxes; dh: of [B * NT * H, 153, 64] with [1, 64, 64] boxes; ends: the segments' totals (NSEG > 1,
-    stored by the two-level scan's first pass, which needs r first: then compute_r = 0 and r is read)."""
+def _hopper_reverse_scan_kernel(q_desc, do_desc, o_desc, dh_desc, inv_den, r, dhz, ends, dz_totals, sel, T, H, NT,
+                                NSEG, SEG):
+    """dh, dhz (the reverse-time state after each chunk, as the two-level reverse scan stores them, except that
+    with segments dhz leaves out the later segments' dz) and r of one (sequence, head, segment of SEG chunks). q,
+    do, o: TMA descriptors of [B, T, H, X] with [1, C, 1, X] boxes; dh: of [B * NT * H, 153, 64] with [1, 64, 64]
+    boxes; ends: the segments' dS totals (NSEG > 1, stored by the two-level scan's first pass); dz_totals: fp32
+    [B, NSEG, H, 153], each segment's dz total (NSEG > 1)."""
     i_b, i_h, i_s, first, n = _program_segment(H, NT, NSEG, SEG)
     C: gl.constexpr = CHUNK
     F: gl.constexpr = FEATURE_DIM
@@ -474,11 +497,12 @@ def _hopper_reverse_scan_kernel(q_desc, do_desc, o_desc, dh_desc, inv_den, r, dh
     _stage_table(sel, 5, bt_s, True)
     fence_async_shared()
     thread_barrier()
+    _overlap_previous_kernel()
     worker_args = (q_desc, do_desc, o_desc, q_ring, do_ring, o_ring, r_buf, w_buf, in_ready, in_free, r_ready, r_free,
-                   inv_den, r, i_b, i_h, H, T, first, n, compute_r)
+                   inv_den, r, i_b, i_h, H, T, first, n)
     gl.warp_specialize([
         (_rev_update_partition, (q_ring, do_ring, s_buf, r_buf, w_buf, aqt_s, bt_s, in_ready, in_free, r_ready,
-                                 r_free, dh_desc, dhz, ends, i_b, i_h, i_s, H, NT, NSEG, first, n)),
+                                 r_free, dh_desc, dhz, ends, dz_totals, i_b, i_h, i_s, H, NT, NSEG, first, n)),
         (_delta_partition, worker_args),
         (_rev_loader_partition, worker_args),
     ], [4, 1], [DELTA_REGS, LOADER_REGS])
@@ -505,13 +529,13 @@ def _program_tiles(n_tiles):
 @gluon.jit
 def _grad_loader_partition(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_desc, q_ring, k_ring, v_ring,
                            do_ring, h_ring, dh_ring, w_ring, r_ring, z_ring, dz_ring, aq_s, b_s, dq_buf, in_ready,
-                           in_free, inv_den, r, hz, dhz, H, T, NT, n_tiles):
+                           in_free, inv_den, r, hz, dhz, dz_totals, H, T, NT, NSEG, SEG, n_tiles):
     """Into ring slot c % 2, once both consumers are done with it: TMA loads of tile c's q, k, v, do chunks and the
     three row blocks of h and dh; then the fp32 vectors, inv_den and r of the chunk's tokens, hz and dhz of its state
-    row (zero past T and past the 153 rows), loaded and stored by this warp, which arrives on in_ready a second
-    time. It runs a tile ahead of the consumers, so their latency is off the critical path (loaded by the consumers
-    in the row-block loop, they cost 4% of the kernel's time). (Worker partitions share one signature, hence the dq
-    partition's arguments.)"""
+    row (zero past T and past the 153 rows; dhz plus the dz totals of the later segments), loaded and stored by this
+    warp, which arrives on in_ready a second time. It runs a tile ahead of the consumers, so their latency is off
+    the critical path (loaded by the consumers in the row-block loop, they cost 4% of the kernel's time). (Worker
+    partitions share one signature, hence the dq partition's arguments.)"""
     C: gl.constexpr = CHUNK
     F: gl.constexpr = FEATURE_DIM
     D: gl.constexpr = HEAD_DIM
@@ -537,7 +561,12 @@ def _grad_loader_partition(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_
         w_ring.index(b).store(gl.load(inv_den + token_row + t, mask=t < T, other=0.0))
         r_ring.index(b).store(gl.load(r + token_row + t, mask=t < T, other=0.0))
         z_ring.index(b).store(gl.load(hz + row * STATE_ROWS + rows, mask=rows < STATE_ROWS, other=0.0))
-        dz_ring.index(b).store(gl.load(dhz + row * STATE_ROWS + rows, mask=rows < STATE_ROWS, other=0.0))
+        dz = gl.load(dhz + row * STATE_ROWS + rows, mask=rows < STATE_ROWS, other=0.0)
+        if NSEG > 1:            # (the branch, not just an empty loop, keeps one segment as fast as before)
+            for p in range(i_t // SEG + 1, NSEG):
+                dz += gl.load(dz_totals + ((i_b * NSEG + p) * H + i_h) * STATE_ROWS + rows, mask=rows < STATE_ROWS,
+                              other=0.0)
+        dz_ring.index(b).store(dz)
         mbarrier.arrive(bar, count=1)
 
 
@@ -580,7 +609,7 @@ def _store_chunk(acc, buf, desc, i_b, i_h, t0, width: gl.constexpr, later: gl.co
 @gluon.jit
 def _dq_partition(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_desc, q_ring, k_ring, v_ring, do_ring,
                   h_ring, dh_ring, w_ring, r_ring, z_ring, dz_ring, aq_s, b_s, dq_buf, in_ready, in_free, inv_den, r,
-                  hz, dhz, H, T, NT, n_tiles):
+                  hz, dhz, dz_totals, H, T, NT, NSEG, SEG, n_tiles):
     """dq of each tile: ds k, ds = causal (g v^T + r) (1/sqrt(F) + s/F), plus d/dq [phi(q).(S g + z r)] with the
     state before the chunk (S_j, z_j: h, hz): _product_rule with the weights g S_j^T + r z_j^T."""
     C: gl.constexpr = CHUNK
@@ -651,11 +680,12 @@ def _dkdv_partition(q_ring, k_ring, v_ring, do_ring, dh_ring, w_ring, r_ring, dz
 
 @gluon.jit
 def _hopper_grad_kernel(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_desc, dk_desc, dv_desc, inv_den, r, hz,
-                        dhz, sel, T, H, NT, n_tiles):
+                        dhz, dz_totals, sel, T, H, NT, NSEG, SEG, n_tiles):
     """dq, dk, dv of every chunk (the two-level _bwd_grad_kernel's math), a persistent grid over the n_tiles =
     B * H * NT chunks. TMA descriptors: q, k, v, do, dq, dk, dv of [B, T, H, X] with [1, C, 1, X] boxes; h, dh of
     [B * NT * H, 153, 64] with [1, 64, 64] boxes (the forward's states before each chunk, the reverse scan's after
-    it); inv_den, r fp32 [B, H, T], hz, dhz fp32 [B * NT, H, 153]."""
+    it); inv_den, r fp32 [B, H, T], hz, dhz fp32 [B * NT, H, 153]; dz_totals: the reverse scan's per-segment dz
+    totals (NSEG segments of SEG chunks; dhz lacks the later segments' ones)."""
     C: gl.constexpr = CHUNK
     F: gl.constexpr = FEATURE_DIM
     D: gl.constexpr = HEAD_DIM
@@ -686,9 +716,10 @@ def _hopper_grad_kernel(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_des
     _stage_table(sel, 2, b_s, False)
     fence_async_shared()
     thread_barrier()
+    _overlap_previous_kernel()
     worker_args = (q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_desc, q_ring, k_ring, v_ring, do_ring, h_ring,
                    dh_ring, w_ring, r_ring, z_ring, dz_ring, aq_s, b_s, dq_buf, in_ready, in_free, inv_den, r, hz, dhz,
-                   H, T, NT, n_tiles)
+                   dz_totals, H, T, NT, NSEG, SEG, n_tiles)
     gl.warp_specialize([
         (_dkdv_partition, (q_ring, k_ring, v_ring, do_ring, dh_ring, w_ring, r_ring, dz_ring, ak_s, b_s, dk_buf,
                            dv_buf, in_ready, in_free, dk_desc, dv_desc, H, T, NT, n_tiles)),

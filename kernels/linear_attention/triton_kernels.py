@@ -163,7 +163,8 @@ def _chunk_state_kernel(x, y, inv_den, r, h, hz, init, ends, sel, cu_seqlens, ch
                         C: tl.constexpr, BR: tl.constexpr,
                         BD: tl.constexpr, IS_VARLEN: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr,
                         SUM_TOTALS: tl.constexpr, STORE_H: tl.constexpr, STORE_END: tl.constexpr,
-                        PREC: tl.constexpr, STATE_DT: tl.constexpr, STATE_PREC: tl.constexpr):
+                        SUM_Z: tl.constexpr, SKIP_UNREAD: tl.constexpr, PREC: tl.constexpr, STATE_DT: tl.constexpr,
+                        STATE_PREC: tl.constexpr):
     """Scan over the chunks of one segment from its starting state: the boundary state init[sequence] (HAS_INIT:
     the initial state, or in reverse the final state's gradient) plus, with SUM_TOTALS, the totals of the earlier
     segments (REVERSE: the later ones) in ends, stored by a first pass. STORE_H: h[chunk] = the state before the
@@ -172,10 +173,15 @@ def _chunk_state_kernel(x, y, inv_den, r, h, hz, init, ends, sel, cu_seqlens, ch
 
     Forward: x = k, y = v, weight 1 (S = sum phi(k) v^T, z = sum phi(k)). Backward (REVERSE): x = q,
     y = do * inv_den, weight r (dS = sum phi(q) g^T, dz = sum phi(q) r). The value block 0 programs own the
-    normaliser rows.
+    normaliser rows. Without SUM_Z (a reverse first pass without r) z stays zero: the Hopper reverse scan carries dz
+    across segments itself. SKIP_UNREAD (a first pass whose end state nobody asks for): no program for the segment
+    whose total the second pass never reads (forward: the last, reverse: the first).
     """
     i_r, i_v, i_nhs = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_nh, i_s = i_nhs // NSEG, i_nhs % NSEG
+    n_run = NSEG - SKIP_UNREAD          # segments with a program
+    i_nh, i_s = i_nhs // n_run, i_nhs % n_run
+    if REVERSE:
+        i_s += SKIP_UNREAD
     i_n, i_h = i_nh // H, i_nh % H
     i_b, bos, seq_len = _sequence_bounds(cu_seqlens, i_n, T, IS_VARLEN)
     if IS_VARLEN:
@@ -233,12 +239,12 @@ def _chunk_state_kernel(x, y, inv_den, r, h, hz, init, ends, sel, cu_seqlens, ch
         phi = _features_t(xt, sa_t, sb_t, ca, cb, PREC)                          # [BR, C]
         if REVERSE:     # g = do * inv_den: the scale goes on phi, the operand already in registers
             w_den = tl.load(inv_den + tok_base + t, mask=t_mask, other=0.0)
-            w = tl.load(r + tok_base + t, mask=t_mask, other=0.0)
             b_h = tl.dot((phi * w_den[None, :]).to(STATE_DT), yc.to(STATE_DT), b_h, input_precision=STATE_PREC)
+            if SUM_Z:
+                b_z += tl.sum(phi * tl.load(r + tok_base + t, mask=t_mask, other=0.0)[None, :], 1)
         else:
-            w = t_mask.to(tl.float32)
             b_h = tl.dot(phi.to(STATE_DT), yc.to(STATE_DT), b_h, input_precision=STATE_PREC)
-        b_z += tl.sum(phi * w[None, :], 1)
+            b_z += tl.sum(phi * t_mask.to(tl.float32)[None, :], 1)
 
     if STORE_END:
         tl.store(ends + segment_row + tile_offs, b_h, mask=tile_mask)

@@ -176,6 +176,32 @@ def test_scan_segments_match_one_segment(with_state, segment_chunks):
             config=LaunchConfig(chunk=16, block_d=16, segment_chunks=segment_chunks))
 
 
+def test_first_pass_totals_skip_the_unread_segment_and_dz_without_r():
+    """The segmented scan's first pass (as the Hopper kernels use it): the total no second pass reads (forward: the
+    last segment's, reverse: the first's) is not computed, the others equal those of a pass over every segment;
+    reverse without r, dS is the same and dz zero (the Hopper reverse scan carries dz across segments itself)."""
+    from based_kernels.linear_attention.fused import ChunkLayout, _delta, _segment_totals
+
+    torch.manual_seed(23)
+    b, t, h, d = 2, 150, 2, 24                      # 10 chunks of 16 in 3 segments of 4 (the last one short)
+    cfg = LaunchConfig(chunk=16, state_d=16)
+    layout = ChunkLayout(b * 10, 10, 10, None, None, 3, 4)
+    q, k = (torch.randn(b, t, h, 16) for _ in range(2))
+    v, o, do = (torch.randn(b, t, h, d) for _ in range(3))
+    inv_den = torch.rand(b, h, t) + 0.5
+    s_rows, z_rows = slice(0, COMPACT_FEATURES * d), slice(COMPACT_FEATURES * d, COMPACT_FEATURES * (d + 1))
+    for reverse, x, y, w_den in [(False, k, v, None), (True, q, do, inv_den)]:
+        r = _delta(o, do, inv_den) if reverse else None
+        every = _segment_totals(x, y, w_den, r, cfg, layout, None, b, reverse, all_segments=True)
+        read = slice(1, 3) if reverse else slice(0, 2)
+        skipped = _segment_totals(x, y, w_den, r, cfg, layout, None, b, reverse)
+        assert torch.equal(skipped[:, read, :, :z_rows.stop], every[:, read, :, :z_rows.stop])
+        if reverse:
+            without_r = _segment_totals(x, y, w_den, None, cfg, layout, None, b, reverse)
+            assert torch.equal(without_r[:, read, :, s_rows], every[:, read, :, s_rows])
+            assert without_r[:, read, :, z_rows].abs().max() == 0 < every[:, read, :, z_rows].abs().max()
+
+
 def test_hopper_dispatch_rules():
     """Where the Gluon kernels (sm_90 only, so measured on the H200: bench/kernels.md) may run: CPU tensors, other
     dtypes, head dims, varlen and states take the two-level kernels; the TMA needs 16-byte strides."""
