@@ -140,14 +140,21 @@ def correctness():
             check_la(f"linear attention B=4 T=2048 H=16 D={d}", 4, 2048, 16, d, dtype)
     check_la("linear attention B=4 T=2048 H=16 D=64 (two-level forward and reverse scan)", 4, 2048, 16, 64,
              torch.bfloat16, config=LaunchConfig(hopper=False))
-    check_la("linear attention B=1 T=16384 H=16 D=64 (Hopper forward and reverse scan in 8 segments)", 1, 16384, 16,
-             64, torch.bfloat16)
+    check_la("linear attention B=1 T=16384 H=16 D=64 (Hopper kernels in 8 segments, first passes Hopper)", 1, 16384,
+             16, 64, torch.bfloat16)
     check_la("linear attention B=16 T=2048 H=16 D=64 (Hopper forward and reverse scan)", 16, 2048, 16, 64,
              torch.bfloat16)
     check_la("linear attention B=8 T=1000 H=16 D=64 (Hopper kernels, partial last chunk)", 8, 1000, 16, 64,
              torch.bfloat16)
-    check_la("linear attention B=2 T=3001 H=16 D=64 (Hopper kernels, 5 segments of 10 chunks, partial last chunk)",
-             2, 3001, 16, 64, torch.bfloat16, config=LaunchConfig(hopper_segment_chunks=10))
+    check_la("linear attention B=2 T=3001 H=16 D=64 (Hopper kernels, 5 segments of 10 chunks, partial last chunk; "
+             "the reverse first pass two-level: T not a multiple of 4)", 2, 3001, 16, 64, torch.bfloat16,
+             config=LaunchConfig(hopper_segment_chunks=10))
+    check_la("linear attention B=2 T=3004 H=16 D=64 (Hopper kernels, 5 segments of 10 chunks, partial last chunk; "
+             "both first passes Hopper)", 2, 3004, 16, 64, torch.bfloat16, config=LaunchConfig(hopper_segment_chunks=10))
+    check_la("linear attention B=4 T=8192 H=16 D=64 (Hopper kernels in 2 segments, first passes two-level)", 4,
+             8192, 16, 64, torch.bfloat16)
+    check_la("linear attention B=2 T=16384 H=16 D=64 (Hopper kernels in 4 segments, first passes Hopper)", 2, 16384,
+             16, 64, torch.bfloat16)
     check_la("linear attention B=2 T=3001 H=16 D=112, block_d=32 (4 value blocks)", 2, 3001, 16, 112, torch.float32,
              block_d=32)
     check_la("linear attention B=3 T=50 (T < chunk) H=4 D=64 state in/out", 3, 50, 4, 64, torch.float32,

@@ -20,8 +20,8 @@ import triton
 from ..compile_report import compile_resources, loop_bodies
 from . import triton_kernels as tk
 from .fused import (COMPACT_FEATURES, FEATURE_DIM, FEATURE_TABLE_ROWS, HOPPER_HEAD_DIM, HOPPER_MAXNREG,
-                    LaunchConfig, _dot_types, _feature_constants, gluon_kernels, hopper_box_layout, hopper_boxes,
-                    launch_config)
+                    HOPPER_WEIGHTS_BOX, LaunchConfig, _dot_types, _feature_constants, gluon_kernels, hopper_box_layout,
+                    hopper_boxes, hopper_weights_layout, launch_config)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 INPUT_POINTERS = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "x", "y"}
@@ -92,27 +92,37 @@ def kernel_variants(head_dim: int, torch_dtype: torch.dtype, cfg: LaunchConfig):
     yield "dq/dk/dv", tk._bwd_grad_kernel, grad, cfg.grad_warps, cfg.grad_stages, cfg.grad_regs
 
 
-HOPPER_KERNELS = {"forward": "_hopper_forward_kernel", "reverse scan": "_hopper_reverse_scan_kernel",
-                  "gradients": "_hopper_grad_kernel"}
+HOPPER_KERNELS = {          # name: (gluon_kernels' kernel, its constexprs, warps per partition)
+    "forward": ("_hopper_forward_kernel", {}, "4 + 4 + 1"),
+    "reverse scan": ("_hopper_reverse_scan_kernel", {}, "4 + 4 + 1"),
+    "gradients": ("_hopper_grad_kernel", {}, "4 + 4 + 1"),
+    "first pass": ("_hopper_totals_kernel", {"REVERSE": False}, "4 + 4 + 4"),
+    "reverse first pass": ("_hopper_totals_kernel", {"REVERSE": True}, "4 + 4 + 4"),
+}
 
 
 def hopper_resources(arch: int, name: str) -> dict:
-    """compile_resources of a gluon_kernels kernel (HOPPER_KERNELS; bf16, D = 64) with the descriptors fused
-    passes."""
-    kernel = getattr(gluon_kernels, HOPPER_KERNELS[name])
+    """compile_resources of a gluon_kernels kernel (HOPPER_KERNELS: its name and constexprs; bf16, D = 64) with the
+    descriptors fused passes."""
+    kernel_name, constexprs, _ = HOPPER_KERNELS[name]
+    kernel = getattr(gluon_kernels, kernel_name)
     boxes = hopper_boxes(FEATURE_DIM, HOPPER_HEAD_DIM)
     pointers = {"inv_den": "*fp32", "r": "*fp32", "hz": "*fp32", "dhz": "*fp32", "ends": "*fp32", "dz_totals": "*fp32",
                 "sel": "*bf16"}
     signature, attrs = {}, {}
     for i, arg in enumerate(kernel.arg_names):
-        if arg in boxes:
+        if arg in constexprs:
+            signature[arg] = "constexpr"
+        elif arg in boxes:
             signature[arg] = f"tensordesc<bf16[{', '.join(map(str, boxes[arg]))}],{hopper_box_layout(boxes[arg])!r}>"
+        elif arg == "w_desc":
+            signature[arg] = f"tensordesc<fp32[{', '.join(map(str, HOPPER_WEIGHTS_BOX))}],{hopper_weights_layout()!r}>"
         elif arg in pointers:
             signature[arg] = pointers[arg]
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             signature[arg] = "fp32" if arg == "eps" else "i32"
-    return compile_resources(kernel, signature, {}, attrs, 4, 1, arch, maxnreg=HOPPER_MAXNREG, gluon=True)
+    return compile_resources(kernel, signature, constexprs, attrs, 4, 1, arch, maxnreg=HOPPER_MAXNREG, gluon=True)
 
 
 def main():
@@ -134,7 +144,7 @@ def main():
         for name in HOPPER_KERNELS:
             res = hopper_resources(args.arch, name)
             print(f"| Hopper {name} (Gluon, 3 partitions; registers: the kernel's cap, setmaxnreg moves them) | 64 "
-                  f"| 4 + 4 + 1 | {res['regs']} | {res['stack']} B | {res['shared']} B | TMA | TMA | |")
+                  f"| {HOPPER_KERNELS[name][2]} | {res['regs']} | {res['stack']} B | {res['shared']} B | TMA | TMA | |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Autograd function and launchers of the fused chunked Taylor linear attention (kernels in triton_kernels.py)."""
 
+import ctypes
 import functools
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -52,6 +54,9 @@ class LaunchConfig:
     hopper_segment_chunks: int = 0    # chunks per program of the Hopper kernels; 0: hopper_segments' choice
     hopper_pdl: bool = True       # programmatic dependent launch of the Hopper kernels: each one's programs start
                                   # (and wait for the previous kernel) while the previous kernel drains
+    hopper_totals: bool = True    # the segments' first pass of the Hopper path as gluon_kernels' first-pass kernel
+                                  # (_hopper_totals) where it pays (hopper_totals_applies); False: always the
+                                  # two-level scan's (_segment_totals)
 
 
 SCAN_PROGRAMS_PER_SM = 6      # a scan segment per program ... until this many programs per multiprocessor
@@ -374,6 +379,7 @@ def _gradients(q, k, v, do, inv_den, r, h, hz, grad_scan: ScanResult, cfg: Launc
 
 HOPPER_MAXNREG = 168                        # 12 warps (three partitions) at one program per multiprocessor
 HOPPER_CHUNK = HOPPER_HEAD_DIM = HOPPER_ROW_BLOCK = 64    # gluon_kernels' CHUNK, HEAD_DIM and ROW_BLOCK
+HOPPER_STATE_BOX = 256      # gluon_kernels.STATE_BOX: the row stride of the dz totals (aligned: vector loads)
 
 
 def _hopper_applies(q, k, v, cu_seqlens, has_initial: bool, output_final_state: bool, cfg: LaunchConfig) -> bool:
@@ -398,12 +404,48 @@ def _tma_addressable(x: torch.Tensor) -> bool:
             and all(stride * x.element_size() % 16 == 0 for stride in x.stride()[:-1]))
 
 
+class _BoundContexts(threading.local):
+    devices: frozenset = frozenset()
+
+
+_BOUND_CONTEXTS = _BoundContexts()
+
+
+def _bind_primary_context(device: torch.device):
+    """Make the device's primary CUDA context current on this thread, once per thread. Triton fills a launch's TMA
+    descriptors before its launcher binds that context, so the first Gluon launch on a thread where no CUDA call has
+    bound it yet (autograd's backward thread, when the backward starts with these kernels) fails with 'invalid
+    device context'. (Driver API calls only: no stream work, safe during CUDA-graph capture.)"""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index in _BOUND_CONTEXTS.devices:
+        return
+    driver = _libcuda()
+    context = ctypes.c_void_p()
+    _check_cuda(driver.cuCtxGetCurrent(ctypes.byref(context)), "cuCtxGetCurrent")
+    if not context.value:
+        handle = ctypes.c_int()
+        _check_cuda(driver.cuDeviceGet(ctypes.byref(handle), index), "cuDeviceGet")
+        _check_cuda(driver.cuDevicePrimaryCtxRetain(ctypes.byref(context), handle), "cuDevicePrimaryCtxRetain")
+        _check_cuda(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+    _BOUND_CONTEXTS.devices = _BOUND_CONTEXTS.devices | {index}
+
+
+@functools.lru_cache
+def _libcuda():
+    return ctypes.CDLL("libcuda.so.1")
+
+
+def _check_cuda(result: int, call: str):
+    if result != 0:
+        raise RuntimeError(f"linear_attention: {call} failed with CUDA driver error {result}")
+
+
 def hopper_boxes(feature_dim: int, head_dim: int) -> dict:
     """The TMA boxes of gluon_kernels' descriptor arguments, by name: q, k, v, o, do, dq, dk, dv chunks of
     [B, T, H, X] and state row blocks of [chunks * H, 153, D]; with hopper_box_layout, what the Hopper launchers
     pass (and compile_report compiles)."""
     chunk = dict(q_desc=feature_dim, k_desc=feature_dim, v_desc=head_dim, o_desc=head_dim, do_desc=head_dim,
-                 dq_desc=feature_dim, dk_desc=feature_dim, dv_desc=head_dim)
+                 dq_desc=feature_dim, dk_desc=feature_dim, dv_desc=head_dim, x_desc=feature_dim, y_desc=head_dim)
     boxes = {name: [1, HOPPER_CHUNK, 1, width] for name, width in chunk.items()}
     return boxes | {"h_desc": [1, HOPPER_ROW_BLOCK, head_dim], "dh_desc": [1, HOPPER_ROW_BLOCK, head_dim]}
 
@@ -414,6 +456,7 @@ def hopper_box_layout(box: list):
 
 def _hopper_descriptors(**tensors) -> list:
     """TMA descriptors of the named tensors (hopper_boxes' names), in the order given."""
+    _bind_primary_context(next(iter(tensors.values())).device)
     boxes = hopper_boxes(FEATURE_DIM, HOPPER_HEAD_DIM)
     return [TensorDescriptor(x, list(x.shape), list(x.stride()), boxes[name], hopper_box_layout(boxes[name]))
             for name, x in tensors.items()]
@@ -445,14 +488,66 @@ def hopper_segments(programs: int, n_chunks: int, sms: int, segment_chunks: int 
     return min(candidates, key=lambda seg: (steps(seg), -seg))
 
 
+def _hopper_totals(x, y, inv_den, cfg: LaunchConfig, layout: ChunkLayout, reverse: bool) -> torch.Tensor:
+    """_segment_totals' contract (without r) on gluon_kernels' first-pass kernel: each read segment's total
+    (forward: x = k, y = v, all but the last; reverse: x = q, y = do weighted by inv_den, all but the first), packed
+    fp32 [B, NSEG, H, _packed_size(D)], one program per read segment."""
+    B, T, H, _ = x.shape
+    D = y.shape[-1]
+    ends = _new_totals(B, layout, H, D, x.device)
+    w_desc = _weights_descriptor(inv_den.view(B * H, T) if reverse else _dummy_weights(x.device))
+    gluon_kernels._hopper_totals_kernel[(B * H * (layout.segments - 1),)](
+        *_hopper_descriptors(x_desc=x, y_desc=y), w_desc, ends, feature_tables(x.dtype, x.device), T, H,
+        layout.chunks_per_seq, layout.segments, layout.segment_chunks, REVERSE=reverse, num_warps=4,
+        maxnreg=HOPPER_MAXNREG, launch_pdl=cfg.hopper_pdl)
+    return ends
+
+
+HOPPER_WEIGHTS_BOX = [1, HOPPER_CHUNK]
+
+
+def hopper_weights_layout():
+    return gl.NVMMASharedLayout.get_default_for(HOPPER_WEIGHTS_BOX, gl.float32)
+
+
+def _weights_descriptor(w: torch.Tensor):
+    """TMA descriptor of fp32 [rows, T] weights (inv_den as [B * H, T]) with [1, chunk] boxes."""
+    return TensorDescriptor(w, list(w.shape), list(w.stride()), HOPPER_WEIGHTS_BOX, hopper_weights_layout())
+
+
+@functools.lru_cache
+def _dummy_weights(device: torch.device) -> torch.Tensor:
+    return torch.zeros(1, HOPPER_CHUNK, device=device, dtype=torch.float32)
+
+
+HOPPER_TOTALS_FILL = 2 / 3     # see hopper_totals_applies
+
+
+def hopper_totals_applies(cfg: LaunchConfig, programs: int, sms: int, seq_len: int, reverse: bool) -> bool:
+    """Whether the segments' first pass runs as _hopper_totals (one program per read segment, `programs` of them)
+    rather than the two-level scan's (three row-block programs per segment): where cfg allows it, its programs fill
+    at least HOPPER_TOTALS_FILL of the multiprocessors (with fewer the two-level pass is faster: fwd+bwd 0.595 against
+    0.604 ms at T = 8192, B = 4, 64 programs on 132; 0.623 against 0.608 at T = 16384, B = 2, 96 programs;
+    bench/notes_kernels.md round 13) and, in reverse, inv_den's [B * H, T] rows are TMA-addressable (T % 4 == 0)."""
+    return cfg.hopper_totals and programs >= HOPPER_TOTALS_FILL * sms and (not reverse or seq_len % 4 == 0)
+
+
+def _first_pass(x, y, inv_den, cfg: LaunchConfig, layout: ChunkLayout, reverse: bool) -> torch.Tensor:
+    """The segments' totals for the Hopper forward (x = k, y = v) or reverse scan (x = q, y = do, inv_den), from
+    _hopper_totals or the two-level scan's first pass (hopper_totals_applies)."""
+    B, T, H, _ = x.shape
+    if hopper_totals_applies(cfg, B * H * (layout.segments - 1), _multiprocessors(x.device), T, reverse):
+        return _hopper_totals(x, y, inv_den, cfg, layout, reverse)
+    return _segment_totals(x, y, inv_den, None, cfg, layout, None, B, reverse=reverse)
+
+
 def _hopper_forward(q, k, v, eps, cfg: LaunchConfig):
     """o, inv_den and the per-chunk states (as _scan stores them) from gluon_kernels' fused forward; sequences cut
-    into segments (hopper_segments) start from the sum of the earlier segments' totals, which the two-level scan's
-    first pass stores."""
+    into segments (hopper_segments) start from the sum of the earlier segments' totals (_first_pass)."""
     B, T, H, F = q.shape
     D = v.shape[-1]
     layout = _hopper_layout(B, T, H, q.device, cfg)
-    ends = _segment_totals(k, v, None, None, cfg, layout, None, B, reverse=False) if layout.segments > 1 else None
+    ends = _first_pass(k, v, None, cfg, layout, reverse=False) if layout.segments > 1 else None
     o = torch.empty_like(v)                     # v's strides: TMA-addressable as v is
     inv_den = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
     h = q.new_empty(layout.n_rows, H, COMPACT_FEATURES, D)
@@ -468,16 +563,17 @@ def _hopper_forward(q, k, v, eps, cfg: LaunchConfig):
 
 def _hopper_reverse_scan(q, do, o, inv_den, cfg: LaunchConfig):
     """r and the backward's per-chunk states (as _scan stores them in reverse) from gluon_kernels' reverse scan,
-    which computes r beside the scan. With several segments a first pass stores the segments' dS totals (without r:
-    dz feeds nothing in the scan), and dz is carried across segments afterwards: the scan stores each segment's dz
-    total, the gradient kernel adds the later ones to dhz. Returns r, the states, the dz totals (or None)."""
+    which computes r beside the scan. With several segments a first pass (_first_pass) stores the segments' dS
+    totals (without r: dz feeds nothing in the scan), and dz is carried across segments afterwards: the scan stores
+    each segment's dz total, the gradient kernel adds the later ones to dhz. Returns r, the states, the dz totals
+    (or None)."""
     B, T, H, _ = q.shape
     D = do.shape[-1]
     layout = _hopper_layout(B, T, H, q.device, cfg)
     ends = dz_totals = None
     if layout.segments > 1:
-        ends = _segment_totals(q, do, inv_den, None, cfg, layout, None, B, reverse=True)
-        dz_totals = torch.empty(B, layout.segments, H, COMPACT_FEATURES, device=q.device, dtype=torch.float32)
+        ends = _first_pass(q, do, inv_den, cfg, layout, reverse=True)
+        dz_totals = torch.empty(B, layout.segments, H, HOPPER_STATE_BOX, device=q.device, dtype=torch.float32)
     r = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
     dh = q.new_empty(layout.n_rows, H, COMPACT_FEATURES, D)
     dhz = q.new_empty(layout.n_rows, H, COMPACT_FEATURES, dtype=torch.float32)

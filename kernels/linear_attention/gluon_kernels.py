@@ -1,11 +1,12 @@
 """Hopper kernels of the chunked Taylor linear attention, warp-specialised Gluon (sm_90: TMA, mbarriers, wgmma), for
 bf16, head dim 64, fixed-length batches (fused.py decides when): the forward (the chunk scan and the output in one
-kernel), the backward's reverse scan (with the delta r beside it) and its per-chunk gradients.
+kernel), the backward's reverse scan (with the delta r beside it), its per-chunk gradients, and the first pass that
+stores the segments' totals when sequences are cut into segments.
 
 Same compact feature map, selection tables and state layout as triton_kernels.py (its docstring). One program per
 (sequence, head, segment) walks the segment's chunks of C = 64 tokens from the segment's starting state (zero, or
-the sum of the earlier segments' totals that the two-level scan's first pass stored in `ends`); the state never
-leaves the chip on the way to the outputs:
+the sum of the earlier segments' totals that a first pass stored in `ends`); the state never leaves the chip on the
+way to the outputs:
   update partition (4 warps)  S_j += phi_k_j(k)^T v, z_j += colsum phi_k_j  for row blocks j = 0, 1, 2 of 64 rows:
                               the state lives in its registers (fp32 wgmma accumulators); after each chunk it
                               publishes the state's bf16 copy and z into shared buffer n % 2, and stores that copy
@@ -41,6 +42,11 @@ program per multiprocessor walks the chunks pid, pid + programs, ...), every chu
                               fp32 vectors (inv_den, r, hz, dhz plus the later segments' dz totals) loaded by the
                               warp a tile ahead
 dq, dk and dv leave by TMA from shared memory.
+
+The first pass (_hopper_totals_kernel) stores each read segment's total from zero (the forward's k, v; the reverse's
+q, do weighted by inv_den), one program per segment, its three row blocks in three partitions on one TMA ring whose
+loads the first partition issues; a chunk's features reach the state product through shared memory (an operand in
+registers makes ptxas serialise the products). fused.hopper_totals_applies runs it where its programs fill the GPU.
 
 Each kernel is launched as a programmatic dependent launch (fused.LaunchConfig.hopper_pdl): its programs may start
 while the previous kernel drains and wait for it before their first global access (_overlap_previous_kernel).
@@ -88,16 +94,18 @@ LOADER_REGS = gl.constexpr(24)        # cap (fused.HOPPER_MAXNREG: 12 warps, one
 DELTA_REGS = gl.constexpr(96)
 GRAD_DQ_REGS = gl.constexpr(192)      # the gradient kernel: dk/dv partition (default) 256, dq 192, loader 56
 GRAD_LOADER_REGS = gl.constexpr(56)
+TOTALS_RING = gl.constexpr(6)         # the first pass: TMA ring depth; its three row-block partitions at the kernel's
+TOTALS_REGS = gl.constexpr(168)       # cap (12 warps, no loader warp)
 
 
 @gluon.jit
-def _as_box(buf, shape: gl.constexpr):
+def _as_box(buf, shape: gl.constexpr, dtype: gl.constexpr = gl.bfloat16):
     """A shared buffer viewed as a TMA box of shape (leading unit dims added; same bytes and swizzle)."""
-    layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for(shape, gl.bfloat16)
+    layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for(shape, dtype)
     if PUBLIC_REINTERPRET:
-        box = buf.reinterpret(gl.bfloat16, shape, layout)
+        box = buf.reinterpret(dtype, shape, layout)
     else:
-        box = buf._reinterpret(gl.bfloat16, shape, layout)
+        box = buf._reinterpret(dtype, shape, layout)
     return box
 
 
@@ -239,32 +247,51 @@ def _store_state(b, z0, z1, z2, s_buf, h_desc, hz, row):
     """Shared buffer b (fenced) to state row `row` of h by TMA, z to hz."""
     for j in gl.static_range(3):
         tma_store(h_desc, [row, j * ROW_BLOCK, 0], _as_box(s_buf.index(b * 3 + j), [1, ROW_BLOCK, HEAD_DIM]))
-    _store_rows(hz + row * STATE_ROWS, z0, z1, z2)
+    _store_rows(hz + row * STATE_ROWS, z0, z1, z2, STATE_ROWS)
 
 
 @gluon.jit
-def _store_rows(ptr, z0, z1, z2):
-    """The three row blocks of a z-like vector to its 153 fp32 elements at ptr."""
+def _store_rows(ptr, z0, z1, z2, n: gl.constexpr):
+    """The three row blocks of a z-like vector to its first n fp32 elements at ptr (n: 153, or all 192 rows, the
+    padding rows' zeros included)."""
     m = gl.arange(0, ROW_BLOCK, layout=ROWS)
     gl.store(ptr + m, z0)
     gl.store(ptr + ROW_BLOCK + m, z1)
-    gl.store(ptr + 2 * ROW_BLOCK + m, z2, mask=2 * ROW_BLOCK + m < STATE_ROWS)
+    gl.store(ptr + 2 * ROW_BLOCK + m, z2, mask=2 * ROW_BLOCK + m < n)
 
 
 @gluon.jit
-def _segment_start(ends, i_b, i_h, lo, hi, H, NSEG, j: gl.constexpr):
-    """Row block j of a segment's starting state: the sum of the totals of segments lo .. hi - 1 (packed fp32 rows
-    of ends [B, NSEG, H, PACKED]: S, then z): the earlier ones forward, the later ones in reverse."""
+def _total_rows(total, j: gl.constexpr):
+    """Row block j of one packed fp32 total (S rows, then z; zeros past row 153)."""
     m = j * ROW_BLOCK + gl.arange(0, ROW_BLOCK, layout=ROWS)
-    d = gl.arange(0, HEAD_DIM, layout=COLS)
-    s_offs = gl.expand_dims(m, 1) * HEAD_DIM + gl.expand_dims(d, 0)
-    s = gl.zeros([ROW_BLOCK, HEAD_DIM], gl.float32, MMA)
-    z = gl.zeros([ROW_BLOCK], gl.float32, ROWS)
+    s_offs = gl.expand_dims(m, 1) * HEAD_DIM + gl.expand_dims(gl.arange(0, HEAD_DIM, layout=COLS), 0)
+    return (gl.load(total + s_offs, mask=gl.expand_dims(m < STATE_ROWS, 1), other=0.0),
+            gl.load(total + STATE_ROWS * HEAD_DIM + m, mask=m < STATE_ROWS, other=0.0))
+
+
+@gluon.jit
+def _segment_start(ends, i_b, i_h, lo, hi, H, NSEG):
+    """A segment's starting state, its three row blocks (S_j, z_j): the sum of the totals of segments lo .. hi - 1
+    (packed fp32 rows of ends [B, NSEG, H, PACKED]): the earlier ones forward, the later ones in reverse. A total's
+    six loads are issued together (one memory round trip per total on the last segment's critical path)."""
+    s0 = gl.zeros([ROW_BLOCK, HEAD_DIM], gl.float32, MMA)
+    s1 = gl.zeros([ROW_BLOCK, HEAD_DIM], gl.float32, MMA)
+    s2 = gl.zeros([ROW_BLOCK, HEAD_DIM], gl.float32, MMA)
+    z0 = gl.zeros([ROW_BLOCK], gl.float32, ROWS)
+    z1 = gl.zeros([ROW_BLOCK], gl.float32, ROWS)
+    z2 = gl.zeros([ROW_BLOCK], gl.float32, ROWS)
     for p in range(lo, hi):
         total = ends + ((i_b * NSEG + p) * H + i_h).to(gl.int64) * PACKED
-        s += gl.load(total + s_offs, mask=gl.expand_dims(m < STATE_ROWS, 1), other=0.0)
-        z += gl.load(total + STATE_ROWS * HEAD_DIM + m, mask=m < STATE_ROWS, other=0.0)
-    return s, z
+        t0, u0 = _total_rows(total, 0)
+        t1, u1 = _total_rows(total, 1)
+        t2, u2 = _total_rows(total, 2)
+        s0 += t0
+        s1 += t1
+        s2 += t2
+        z0 += u0
+        z1 += u1
+        z2 += u2
+    return s0, s1, s2, z0, z1, z2
 
 
 @gluon.jit
@@ -274,9 +301,7 @@ def _update_partition(q_desc, k_desc, v_desc, h_desc, q_ring, k_ring, v_ring, s_
     chunk and after each but the last (_publish)."""
     C: gl.constexpr = CHUNK
     zero_cc = gl.zeros([C, C], gl.float32, MMA)
-    s0, z0 = _segment_start(ends, i_b, i_h, 0, i_s, H, NSEG, 0)
-    s1, z1 = _segment_start(ends, i_b, i_h, 0, i_s, H, NSEG, 1)
-    s2, z2 = _segment_start(ends, i_b, i_h, 0, i_s, H, NSEG, 2)
+    s0, s1, s2, z0, z1, z2 = _segment_start(ends, i_b, i_h, 0, i_s, H, NSEG)
     t_cols = gl.arange(0, C, layout=COLS)
     _publish(0, s0, s1, s2, z0, z1, z2, s_buf, z_buf, st_ready, st_free, h_desc, hz, i_b, i_h, H, NT, first)
     for c in range(n):
@@ -433,10 +458,8 @@ def _rev_update_partition(q_ring, do_ring, s_buf, r_buf, w_buf, aqt_s, bt_s, in_
     here, so the first pass needs no r)."""
     C: gl.constexpr = CHUNK
     zero_cc = gl.zeros([C, C], gl.float32, MMA)
-    s0, _ = _segment_start(ends, i_b, i_h, i_s + 1, NSEG, H, NSEG, 0)
-    s1, _ = _segment_start(ends, i_b, i_h, i_s + 1, NSEG, H, NSEG, 1)
-    s2, _ = _segment_start(ends, i_b, i_h, i_s + 1, NSEG, H, NSEG, 2)
-    z0 = gl.zeros([ROW_BLOCK], gl.float32, ROWS)
+    s0, s1, s2, z0, z1, z2 = _segment_start(ends, i_b, i_h, i_s + 1, NSEG, H, NSEG)
+    z0 = gl.zeros([ROW_BLOCK], gl.float32, ROWS)          # dz from zero (the docstring)
     z1 = gl.zeros([ROW_BLOCK], gl.float32, ROWS)
     z2 = gl.zeros([ROW_BLOCK], gl.float32, ROWS)
     for c in range(n):
@@ -466,7 +489,7 @@ def _rev_update_partition(q_ring, do_ring, s_buf, r_buf, w_buf, aqt_s, bt_s, in_
         mbarrier.arrive(in_free.index(b), count=1)
         mbarrier.arrive(r_free.index(b), count=1)
     if NSEG > 1:
-        _store_rows(dz_totals + ((i_b * NSEG + i_s) * H + i_h) * STATE_ROWS, z0, z1, z2)
+        _store_rows(dz_totals + ((i_b * NSEG + i_s) * H + i_h) * STATE_BOX, z0, z1, z2, 3 * ROW_BLOCK)
     tma.store_wait(0)
 
 
@@ -476,7 +499,7 @@ def _hopper_reverse_scan_kernel(q_desc, do_desc, o_desc, dh_desc, inv_den, r, dh
     """dh, dhz (the reverse-time state after each chunk, as the two-level reverse scan stores them, except that
     with segments dhz leaves out the later segments' dz) and r of one (sequence, head, segment of SEG chunks). q,
     do, o: TMA descriptors of [B, T, H, X] with [1, C, 1, X] boxes; dh: of [B * NT * H, 153, 64] with [1, 64, 64]
-    boxes; ends: the segments' dS totals (NSEG > 1, stored by the two-level scan's first pass); dz_totals: fp32
+    boxes; ends: the segments' dS totals (NSEG > 1, stored by a first pass); dz_totals: fp32
     [B, NSEG, H, 153], each segment's dz total (NSEG > 1)."""
     i_b, i_h, i_s, first, n = _program_segment(H, NT, NSEG, SEG)
     C: gl.constexpr = CHUNK
@@ -509,15 +532,185 @@ def _hopper_reverse_scan_kernel(q_desc, do_desc, o_desc, dh_desc, inv_den, r, dh
 
 
 @gluon.jit
+def _read_segment(H, NT, NSEG, SEG, REVERSE: gl.constexpr):
+    """(sequence, head, segment, first chunk, chunks) of this program of _hopper_totals_kernel: the segments whose
+    total is read (forward: all but the last, reverse: all but the first)."""
+    i_p = gl.program_id(0)
+    i_s = i_p % (NSEG - 1) + REVERSE
+    first = i_s * SEG
+    return i_p // (NSEG - 1) // H, i_p // (NSEG - 1) % H, i_s, first, gl.minimum(NT - first, SEG)
+
+
+@gluon.jit
+def _load_totals_chunk(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, in_ready, i_b, i_h, H, first, c,
+                       REVERSE: gl.constexpr):
+    """TMA loads of the segment's chunk c (x, y and, in reverse, the weights inv_den) into ring slot c % NB."""
+    C: gl.constexpr = CHUNK
+    F: gl.constexpr = FEATURE_DIM
+    D: gl.constexpr = HEAD_DIM
+    b = c % TOTALS_RING
+    bar = in_ready.index(b)
+    t0 = (first + c) * C
+    if REVERSE:
+        mbarrier.expect(bar, C * (F + D) * 2 + C * 4)
+        tma_load(w_desc, [i_b * H + i_h, t0], bar, _as_box(w_ring.index(b), [1, C], gl.float32))
+    else:
+        mbarrier.expect(bar, C * (F + D) * 2)
+    tma_load(x_desc, [i_b, t0, i_h, 0], bar, _as_box(x_ring.index(b), [1, C, 1, F]))
+    tma_load(y_desc, [i_b, t0, i_h, 0], bar, _as_box(y_ring.index(b), [1, C, 1, D]))
+
+
+@gluon.jit
+def _issue_factors_t(at_s, bt_s, x_s, j: gl.constexpr, like):
+    """_features_t's two selection products for the chunk x_s [C, F], issued and not waited for."""
+    ca, cb = _row_constants(j * ROW_BLOCK + gl.arange(0, ROW_BLOCK, layout=ROWS), 1, like)
+    xt = x_s.permute((1, 0))
+    return (warpgroup_mma(at_s.index(j), xt, ca, is_async=True),
+            warpgroup_mma(bt_s.index(j), xt, cb, is_async=True))
+
+
+@gluon.jit
+def _totals_sweep(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, i_b, i_h, H,
+                  first, n, j: gl.constexpr, REVERSE: gl.constexpr, LOADS: gl.constexpr):
+    """Row block j of the segment's total (n >= 1 chunks): S_j = sum_c (phi_j(x_c)^T w_c) y_c, z_j = colsum phi_j
+    (forward: w = 1, z wanted; reverse: w = inv_den, z not). Pipelined: chunk c's state product is issued after
+    chunk c + 1's selection products and runs while their feature products are formed; a slot is released once the
+    product that read it is done. LOADS: this partition also issues the TMA loads, NB - 1 chunks ahead."""
+    C: gl.constexpr = CHUNK
+    NB: gl.constexpr = TOTALS_RING
+    zero_cc = gl.zeros([C, C], gl.float32, MMA)
+    s = gl.zeros([ROW_BLOCK, HEAD_DIM], gl.float32, MMA)
+    z = gl.zeros([ROW_BLOCK], gl.float32, ROWS)
+    if LOADS:
+        for c in gl.static_range(NB):
+            if c < n:
+                _load_totals_chunk(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, in_ready, i_b, i_h, H, first, c,
+                                   REVERSE)
+    mbarrier.wait(in_ready.index(0), 0)
+    xa, xb = _issue_factors_t(at_s, bt_s, x_ring.index(0), j, zero_cc)
+    xa, xb = warpgroup_mma_wait(0, deps=[xa, xb])
+    phi = xa * xb
+    if REVERSE:
+        phi = phi * gl.expand_dims(w_ring.index(0).load(COLS), 0)
+    for c in range(n):
+        if not REVERSE:
+            z += gl.sum(phi, 1)
+        phi_s = p_buf.index(j * 2 + c % 2)            # read by chunk c - 2's product, done at the last step's wait
+        phi_s.store(phi.to(gl.bfloat16))
+        fence_async_shared()
+        cn = gl.minimum(c + 1, n - 1)        # (on the last step the last chunk's factors again: its slot is held)
+        mbarrier.wait(in_ready.index(cn % NB), (cn // NB) & 1)
+        xa, xb = _issue_factors_t(at_s, bt_s, x_ring.index(cn % NB), j, zero_cc)
+        s = warpgroup_mma(phi_s, y_ring.index(c % NB), s, is_async=True)
+        xa, xb, s = warpgroup_mma_wait(1, deps=[xa, xb, s])           # chunk c - 1's state product is done
+        if c > 0:
+            bp = (c - 1) % NB
+            mbarrier.arrive(in_free.index(bp), count=1)
+            if LOADS:
+                if c - 1 + NB < n:
+                    mbarrier.wait(in_free.index(bp), ((c - 1) // NB) & 1)
+                    _load_totals_chunk(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, in_ready, i_b, i_h, H, first, c -
+                                       1 + NB, REVERSE)
+        phi = xa * xb
+        if REVERSE:
+            phi = phi * gl.expand_dims(w_ring.index(cn % NB).load(COLS), 0)
+    s = warpgroup_mma_wait(0, deps=[s])
+    return s, z
+
+
+@gluon.jit
+def _totals_rows(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b, i_h,
+                 i_s, H, T, NSEG, first, n, j: gl.constexpr, REVERSE: gl.constexpr, LOADS: gl.constexpr):
+    """Row block j of the segment's total into its packed fp32 slot of ends."""
+    s, z = _totals_sweep(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, i_b, i_h,
+                         H, first, n, j, REVERSE, LOADS)
+    m = j * ROW_BLOCK + gl.arange(0, ROW_BLOCK, layout=ROWS)
+    if not REVERSE:             # tokens past T (zeros from the TMA) add phi_0 = 1 to z_0, and nothing else
+        z -= gl.where(m == 0, gl.maximum((first + n) * CHUNK - T, 0).to(gl.float32), 0.0)
+    d = gl.arange(0, HEAD_DIM, layout=COLS)
+    total = ends + ((i_b * NSEG + i_s) * H + i_h).to(gl.int64) * PACKED
+    gl.store(total + gl.expand_dims(m, 1) * HEAD_DIM + gl.expand_dims(d, 0), s, mask=gl.expand_dims(m < STATE_ROWS, 1))
+    gl.store(total + STATE_ROWS * HEAD_DIM + m, z, mask=m < STATE_ROWS)
+
+
+@gluon.jit
+def _fwd_totals_rows_1(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b,
+                       i_h, i_s, H, T, NSEG, first, n):
+    _totals_rows(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b, i_h,
+                 i_s, H, T, NSEG, first, n, 1, False, False)
+
+
+@gluon.jit
+def _fwd_totals_rows_2(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b,
+                       i_h, i_s, H, T, NSEG, first, n):
+    _totals_rows(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b, i_h,
+                 i_s, H, T, NSEG, first, n, 2, False, False)
+
+
+@gluon.jit
+def _rev_totals_rows_1(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b,
+                       i_h, i_s, H, T, NSEG, first, n):
+    _totals_rows(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b, i_h,
+                 i_s, H, T, NSEG, first, n, 1, True, False)
+
+
+@gluon.jit
+def _rev_totals_rows_2(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b,
+                       i_h, i_s, H, T, NSEG, first, n):
+    _totals_rows(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b, i_h,
+                 i_s, H, T, NSEG, first, n, 2, True, False)
+
+
+@gluon.jit
+def _hopper_totals_kernel(x_desc, y_desc, w_desc, ends, sel, T, H, NT, NSEG, SEG, REVERSE: gl.constexpr):
+    """The segments' first pass for the Hopper forward (x = k, y = v) and reverse scan (REVERSE: x = q, y = do,
+    weights w = inv_den): one read segment's total from zero, packed fp32 into ends [B, NSEG, H, PACKED] (the
+    unread segment's slots left alone). x, y: TMA descriptors of [B, T, H, X] with [1, C, 1, X] boxes; w: of inv_den
+    as [B * H, T] with [1, C] boxes (reverse). The three row blocks in three partitions side by side on one NB-deep
+    TMA ring, whose loads the default partition issues."""
+    C: gl.constexpr = CHUNK
+    F: gl.constexpr = FEATURE_DIM
+    D: gl.constexpr = HEAD_DIM
+    BR: gl.constexpr = ROW_BLOCK
+    NB: gl.constexpr = TOTALS_RING
+    i_b, i_h, i_s, first, n = _read_segment(H, NT, NSEG, SEG, REVERSE)
+    x_ring = gl.allocate_shared_memory(gl.bfloat16, [NB, C, F], SL_CF)
+    y_ring = gl.allocate_shared_memory(gl.bfloat16, [NB, C, D], SL_CD)
+    w_ring = gl.allocate_shared_memory(gl.float32, [NB, C], SL_VEC)
+    p_buf = gl.allocate_shared_memory(gl.bfloat16, [6, BR, C], SL_CD)                # phi_j^T: 2 per partition
+    at_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], SL_RF)                 # transposed selections
+    bt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], SL_RF)
+    in_ready = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())
+    in_free = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(NB):
+        mbarrier.init(in_ready.index(i), count=1)
+        mbarrier.init(in_free.index(i), count=3)
+    if REVERSE:
+        _stage_table(sel, 3, at_s, True)
+    else:
+        _stage_table(sel, 4, at_s, True)
+    _stage_table(sel, 5, bt_s, True)
+    fence_async_shared()
+    thread_barrier()
+    _overlap_previous_kernel()
+    args = (x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b, i_h,
+            i_s, H, T,
+            NSEG, first, n)
+    if REVERSE:
+        gl.warp_specialize([(_totals_rows, args + (0, True, True)), (_rev_totals_rows_1, args),
+                            (_rev_totals_rows_2, args)], [4, 4], [TOTALS_REGS, TOTALS_REGS])
+    else:
+        gl.warp_specialize([(_totals_rows, args + (0, False, True)), (_fwd_totals_rows_1, args),
+                            (_fwd_totals_rows_2, args)], [4, 4], [TOTALS_REGS, TOTALS_REGS])
+
+
+@gluon.jit
 def _grad_tile(c, H, NT):
-    """(sequence, head, chunk, state row) of this program's tile c: tiles pid, pid + programs, ... of the
-    sequence-major, chunk-minor order."""
+    """(sequence, head, chunk, state row) of this program's tile c: tiles pid, pid + programs, ... in (sequence,
+    chunk, head) order, the state rows' own (row = tile): tiles that run together are all heads of a few chunks, so
+    their q, k, v, do token rows and their h, dh rows are read whole."""
     tile = gl.program_id(0) + c * gl.num_programs(0)
-    i_bh = tile // NT
-    i_t = tile % NT
-    i_b = i_bh // H
-    i_h = i_bh % H
-    return i_b, i_h, i_t, (i_b * NT + i_t) * H + i_h
+    return tile // H // NT, tile % H, tile // H % NT, tile
 
 
 @gluon.jit
@@ -558,14 +751,17 @@ def _grad_loader_partition(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_
             tma_load(dh_desc, [row, j * BR, 0], bar, _as_box(dh_ring.index(b * 3 + j), [1, BR, D]))
         t = t0 + tokens
         token_row = (i_b * H + i_h) * T
-        w_ring.index(b).store(gl.load(inv_den + token_row + t, mask=t < T, other=0.0))
-        r_ring.index(b).store(gl.load(r + token_row + t, mask=t < T, other=0.0))
-        z_ring.index(b).store(gl.load(hz + row * STATE_ROWS + rows, mask=rows < STATE_ROWS, other=0.0))
+        wv = gl.load(inv_den + token_row + t, mask=t < T, other=0.0)         # two loads in flight at a time
+        rv = gl.load(r + token_row + t, mask=t < T, other=0.0)
+        w_ring.index(b).store(wv)
+        r_ring.index(b).store(rv)
+        zv = gl.load(hz + row * STATE_ROWS + rows, mask=rows < STATE_ROWS, other=0.0)
         dz = gl.load(dhz + row * STATE_ROWS + rows, mask=rows < STATE_ROWS, other=0.0)
         if NSEG > 1:            # (the branch, not just an empty loop, keeps one segment as fast as before)
             for p in range(i_t // SEG + 1, NSEG):
-                dz += gl.load(dz_totals + ((i_b * NSEG + p) * H + i_h) * STATE_ROWS + rows, mask=rows < STATE_ROWS,
+                dz += gl.load(dz_totals + ((i_b * NSEG + p) * H + i_h) * STATE_BOX + rows, mask=rows < 3 * ROW_BLOCK,
                               other=0.0)
+        z_ring.index(b).store(zv)
         dz_ring.index(b).store(dz)
         mbarrier.arrive(bar, count=1)
 

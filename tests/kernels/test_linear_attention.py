@@ -237,7 +237,22 @@ def test_hopper_segments():
     assert hopper_segments(16, 8, sms, segment_chunks=10) == 8
 
 
-@pytest.mark.parametrize("kernel", ["forward", "reverse scan", "gradients"])
+def test_hopper_first_pass_dispatch():
+    """The Gluon first pass (one program per read segment) where its programs fill two thirds of the machine
+    (T = 16384: B = 2 in 4 segments, 96 programs; B = 1 in 8, 112), the two-level one below that (T = 8192, B = 4 in
+    2 segments: 64 programs), in reverse only where inv_den's rows are TMA-addressable, never when cfg says no."""
+    from based_kernels.linear_attention.fused import hopper_totals_applies
+
+    cfg, sms = LaunchConfig(), 132
+    assert hopper_totals_applies(cfg, 2 * 16 * 3, sms, 16384, reverse=False)
+    assert hopper_totals_applies(cfg, 1 * 16 * 7, sms, 16384, reverse=True)
+    assert not hopper_totals_applies(cfg, 4 * 16 * 1, sms, 8192, reverse=False)
+    assert not hopper_totals_applies(cfg, 2 * 16 * 4, sms, 3001, reverse=True)
+    assert hopper_totals_applies(cfg, 2 * 16 * 4, sms, 3001, reverse=False)
+    assert not hopper_totals_applies(LaunchConfig(hopper_totals=False), 2 * 16 * 3, sms, 16384, reverse=False)
+
+
+@pytest.mark.parametrize("kernel", ["forward", "reverse scan", "gradients", "first pass", "reverse first pass"])
 def test_hopper_kernels_compile_for_sm90(kernel):
     """The Gluon kernels are only run on the H200; CPU CI at least compiles them for sm_90 with its own Triton (the
     Gluon API moves between releases) and checks that each fits one program per multiprocessor. In a subprocess:
