@@ -101,7 +101,7 @@ HOPPER_KERNELS = {          # name: (gluon_kernels' kernel, its constexprs, warp
 }
 
 
-def hopper_resources(arch: int, name: str) -> dict:
+def hopper_resources(arch: int, name: str, with_sass: bool = False) -> dict:
     """compile_resources of a gluon_kernels kernel (HOPPER_KERNELS: its name and constexprs; bf16, D = 64) with the
     descriptors fused passes."""
     kernel_name, constexprs, _ = HOPPER_KERNELS[name]
@@ -122,7 +122,8 @@ def hopper_resources(arch: int, name: str) -> dict:
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             signature[arg] = "fp32" if arg == "eps" else "i32"
-    return compile_resources(kernel, signature, constexprs, attrs, 4, 1, arch, maxnreg=HOPPER_MAXNREG, gluon=True)
+    return compile_resources(kernel, signature, constexprs, attrs, 4, 1, arch, with_sass=with_sass,
+                             maxnreg=HOPPER_MAXNREG, gluon=True)
 
 
 def main():

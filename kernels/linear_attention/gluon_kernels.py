@@ -46,7 +46,8 @@ dq, dk and dv leave by TMA from shared memory.
 The first pass (_hopper_totals_kernel) stores each read segment's total from zero (the forward's k, v; the reverse's
 q, do weighted by inv_den), one program per segment, its three row blocks in three partitions on one TMA ring whose
 loads the first partition issues; a chunk's features reach the state product through shared memory (an operand in
-registers makes ptxas serialise the products). fused.hopper_totals_applies runs it where its programs fill the GPU.
+registers makes ptxas serialise the products). The last block holds rows 128..152 only, so it runs transposed at
+half width (S^T = y^T phi, 32 rows). fused.hopper_totals_applies runs the kernel where its programs fill the GPU.
 
 Each kernel is launched as a programmatic dependent launch (fused.LaunchConfig.hopper_pdl): its programs may start
 while the previous kernel drains and wait for it before their first global access (_overlap_previous_kernel).
@@ -94,6 +95,13 @@ LOADER_REGS = gl.constexpr(24)        # cap (fused.HOPPER_MAXNREG: 12 warps, one
 DELTA_REGS = gl.constexpr(96)
 GRAD_DQ_REGS = gl.constexpr(192)      # the gradient kernel: dk/dv partition (default) 256, dq 192, loader 56
 GRAD_LOADER_REGS = gl.constexpr(56)
+LAST_ROWS = gl.constexpr(32)          # the first pass's last row block: rows 128..159 (25 exist), at half width
+_WGMMA_LAYOUT_L = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 32, 16])
+MMA_L = gl.constexpr(_WGMMA_LAYOUT_L)                                      # [64, 32] fp32 accumulators
+ROWS_L = gl.constexpr(gl.SliceLayout(1, _WGMMA_LAYOUT_L))                    # ... their rows
+COLS_L = gl.constexpr(gl.SliceLayout(0, _WGMMA_LAYOUT_L))                    # ... their columns
+SL_FL = gl.constexpr(gl.NVMMASharedLayout.get_default_for([16, 32], gl.bfloat16))   # [F, 32] tables
+SL_CL = gl.constexpr(gl.NVMMASharedLayout.get_default_for([64, 32], gl.bfloat16))   # [C, 32] features
 TOTALS_RING = gl.constexpr(6)         # the first pass: TMA ring depth; its three row-block partitions at the kernel's
 TOTALS_REGS = gl.constexpr(168)       # cap (12 warps, no loader warp)
 
@@ -634,31 +642,90 @@ def _totals_rows(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt
 
 
 @gluon.jit
-def _fwd_totals_rows_1(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b,
-                       i_h, i_s, H, T, NSEG, first, n):
+def _stage_last_rows(sel, table: gl.constexpr, dst):
+    """Rows 128..159 of selection table `table` (not transposed), [F, 32], into dst."""
+    ld: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [4, 1], [1, 0])
+    f = gl.arange(0, FEATURE_DIM, layout=gl.SliceLayout(1, ld))
+    m = gl.arange(0, LAST_ROWS, layout=gl.SliceLayout(0, ld))
+    dst.store(gl.load(sel + table * FEATURE_DIM * TABLE_ROWS + gl.expand_dims(f, 1) * TABLE_ROWS + 2 * ROW_BLOCK
+                      + gl.expand_dims(m, 0)))
+
+
+@gluon.jit
+def _totals_sweep_last(x_ring, y_ring, w_ring, p2_buf, a2_s, b2_s, in_ready, in_free, n, REVERSE: gl.constexpr):
+    """The last row block (rows 128..159, of which 128..152 exist) transposed at half width: phi_2 [C, 32] =
+    (x A_2) * (x B_2) (every row here is quadratic: no constant factors), S_2^T += y^T phi_2 [D, 32], z_2 summed over
+    the tokens once at the end. Half the products of a 64-row block; synchronous (asynchronous products here made
+    ptxas serialise every product of the kernel for want of registers)."""
+    C: gl.constexpr = CHUNK
+    NB: gl.constexpr = TOTALS_RING
+    zero = gl.zeros([C, LAST_ROWS], gl.float32, MMA_L)                    # (the layout of use_acc=False products)
+    st = gl.zeros([HEAD_DIM, LAST_ROWS], gl.float32, MMA_L)
+    zacc = gl.zeros([C, LAST_ROWS], gl.float32, MMA_L)
+    mbarrier.wait(in_ready.index(0), 0)
+    xa = warpgroup_mma(x_ring.index(0), a2_s, zero, use_acc=False)
+    xb = warpgroup_mma(x_ring.index(0), b2_s, zero, use_acc=False)
+    phi = xa * xb
+    if REVERSE:
+        phi = phi * gl.expand_dims(w_ring.index(0).load(ROWS_L), 1)
+    for c in range(n):
+        if not REVERSE:
+            zacc += phi
+        phi_s = p2_buf.index(c % 2)
+        phi_s.store(phi.to(gl.bfloat16))
+        fence_async_shared()
+        cn = gl.minimum(c + 1, n - 1)
+        mbarrier.wait(in_ready.index(cn % NB), (cn // NB) & 1)
+        xa = warpgroup_mma(x_ring.index(cn % NB), a2_s, zero, use_acc=False)
+        xb = warpgroup_mma(x_ring.index(cn % NB), b2_s, zero, use_acc=False)
+        st = warpgroup_mma(y_ring.index(c % NB).permute((1, 0)), phi_s, st)
+        if c > 0:
+            mbarrier.arrive(in_free.index((c - 1) % NB), count=1)
+        phi = xa * xb
+        if REVERSE:
+            phi = phi * gl.expand_dims(w_ring.index(cn % NB).load(ROWS_L), 1)
+    return st, gl.sum(zacc, 0)
+
+
+@gluon.jit
+def _totals_rows_last(x_ring, y_ring, w_ring, p2_buf, a2_s, b2_s, in_ready, in_free, ends, i_b, i_h, i_s, H, NSEG, n,
+                      REVERSE: gl.constexpr):
+    """Rows 128..152 of the segment's total into its packed fp32 slot of ends (S^T stored transposed)."""
+    st, z = _totals_sweep_last(x_ring, y_ring, w_ring, p2_buf, a2_s, b2_s, in_ready, in_free, n, REVERSE)
+    m = 2 * ROW_BLOCK + gl.arange(0, LAST_ROWS, layout=COLS_L)
+    d = gl.arange(0, HEAD_DIM, layout=ROWS_L)
+    total = ends + ((i_b * NSEG + i_s) * H + i_h).to(gl.int64) * PACKED
+    gl.store(total + gl.expand_dims(m, 0) * HEAD_DIM + gl.expand_dims(d, 1), st,
+             mask=gl.expand_dims(m < STATE_ROWS, 0))
+    gl.store(total + STATE_ROWS * HEAD_DIM + m, z, mask=m < STATE_ROWS)
+
+
+@gluon.jit
+def _fwd_totals_rows_1(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, p2_buf, a2_s, b2_s, in_ready,
+                       in_free, ends, i_b, i_h, i_s, H, T, NSEG, first, n):
     _totals_rows(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b, i_h,
                  i_s, H, T, NSEG, first, n, 1, False, False)
 
 
 @gluon.jit
-def _fwd_totals_rows_2(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b,
-                       i_h, i_s, H, T, NSEG, first, n):
-    _totals_rows(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b, i_h,
-                 i_s, H, T, NSEG, first, n, 2, False, False)
+def _fwd_totals_rows_2(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, p2_buf, a2_s, b2_s, in_ready,
+                       in_free, ends, i_b, i_h, i_s, H, T, NSEG, first, n):
+    _totals_rows_last(x_ring, y_ring, w_ring, p2_buf, a2_s, b2_s, in_ready, in_free, ends, i_b, i_h, i_s, H, NSEG, n,
+                      False)
 
 
 @gluon.jit
-def _rev_totals_rows_1(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b,
-                       i_h, i_s, H, T, NSEG, first, n):
+def _rev_totals_rows_1(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, p2_buf, a2_s, b2_s, in_ready,
+                       in_free, ends, i_b, i_h, i_s, H, T, NSEG, first, n):
     _totals_rows(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b, i_h,
                  i_s, H, T, NSEG, first, n, 1, True, False)
 
 
 @gluon.jit
-def _rev_totals_rows_2(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b,
-                       i_h, i_s, H, T, NSEG, first, n):
-    _totals_rows(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b, i_h,
-                 i_s, H, T, NSEG, first, n, 2, True, False)
+def _rev_totals_rows_2(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, p2_buf, a2_s, b2_s, in_ready,
+                       in_free, ends, i_b, i_h, i_s, H, T, NSEG, first, n):
+    _totals_rows_last(x_ring, y_ring, w_ring, p2_buf, a2_s, b2_s, in_ready, in_free, ends, i_b, i_h, i_s, H, NSEG, n,
+                      True)
 
 
 @gluon.jit
@@ -667,7 +734,7 @@ def _hopper_totals_kernel(x_desc, y_desc, w_desc, ends, sel, T, H, NT, NSEG, SEG
     weights w = inv_den): one read segment's total from zero, packed fp32 into ends [B, NSEG, H, PACKED] (the
     unread segment's slots left alone). x, y: TMA descriptors of [B, T, H, X] with [1, C, 1, X] boxes; w: of inv_den
     as [B * H, T] with [1, C] boxes (reverse). The three row blocks in three partitions side by side on one NB-deep
-    TMA ring, whose loads the default partition issues."""
+    TMA ring, whose loads the default partition issues (the third at half width: _totals_rows_last)."""
     C: gl.constexpr = CHUNK
     F: gl.constexpr = FEATURE_DIM
     D: gl.constexpr = HEAD_DIM
@@ -677,9 +744,12 @@ def _hopper_totals_kernel(x_desc, y_desc, w_desc, ends, sel, T, H, NT, NSEG, SEG
     x_ring = gl.allocate_shared_memory(gl.bfloat16, [NB, C, F], SL_CF)
     y_ring = gl.allocate_shared_memory(gl.bfloat16, [NB, C, D], SL_CD)
     w_ring = gl.allocate_shared_memory(gl.float32, [NB, C], SL_VEC)
-    p_buf = gl.allocate_shared_memory(gl.bfloat16, [6, BR, C], SL_CD)                # phi_j^T: 2 per partition
+    p_buf = gl.allocate_shared_memory(gl.bfloat16, [4, BR, C], SL_CD)                # phi_j^T: 2 per partition
+    p2_buf = gl.allocate_shared_memory(gl.bfloat16, [2, C, LAST_ROWS], SL_CL)        # phi_2, the last partition's
     at_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], SL_RF)                 # transposed selections
     bt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], SL_RF)
+    a2_s = gl.allocate_shared_memory(gl.bfloat16, [F, LAST_ROWS], SL_FL)             # rows 128..159 of A, B
+    b2_s = gl.allocate_shared_memory(gl.bfloat16, [F, LAST_ROWS], SL_FL)
     in_ready = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())
     in_free = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NB):
@@ -687,20 +757,24 @@ def _hopper_totals_kernel(x_desc, y_desc, w_desc, ends, sel, T, H, NT, NSEG, SEG
         mbarrier.init(in_free.index(i), count=3)
     if REVERSE:
         _stage_table(sel, 3, at_s, True)
+        _stage_last_rows(sel, 0, a2_s)
     else:
         _stage_table(sel, 4, at_s, True)
+        _stage_last_rows(sel, 1, a2_s)
     _stage_table(sel, 5, bt_s, True)
+    _stage_last_rows(sel, 2, b2_s)
     fence_async_shared()
     thread_barrier()
     _overlap_previous_kernel()
-    args = (x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b, i_h,
-            i_s, H, T,
-            NSEG, first, n)
+    rows0 = (x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, in_ready, in_free, ends, i_b, i_h,
+             i_s, H, T, NSEG, first, n)
+    args = (x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, p2_buf, a2_s, b2_s, in_ready, in_free,
+            ends, i_b, i_h, i_s, H, T, NSEG, first, n)
     if REVERSE:
-        gl.warp_specialize([(_totals_rows, args + (0, True, True)), (_rev_totals_rows_1, args),
+        gl.warp_specialize([(_totals_rows, rows0 + (0, True, True)), (_rev_totals_rows_1, args),
                             (_rev_totals_rows_2, args)], [4, 4], [TOTALS_REGS, TOTALS_REGS])
     else:
-        gl.warp_specialize([(_totals_rows, args + (0, False, True)), (_fwd_totals_rows_1, args),
+        gl.warp_specialize([(_totals_rows, rows0 + (0, False, True)), (_fwd_totals_rows_1, args),
                             (_fwd_totals_rows_2, args)], [4, 4], [TOTALS_REGS, TOTALS_REGS])
 
 
