@@ -700,6 +700,10 @@ def _totals_rows_last(x_ring, y_ring, w_ring, p2_buf, a2_s, b2_s, in_ready, in_f
     gl.store(total + STATE_ROWS * HEAD_DIM + m, z, mask=m < STATE_ROWS)
 
 
+# Worker partitions take no constexpr arguments (Gluon rejects ints and gl.constexpr in a worker's argument tuple):
+# one entry function per row block and direction, each with the kernel's whole argument tuple.
+
+
 @gluon.jit
 def _fwd_totals_rows_1(x_desc, y_desc, w_desc, x_ring, y_ring, w_ring, p_buf, at_s, bt_s, p2_buf, a2_s, b2_s, in_ready,
                        in_free, ends, i_b, i_h, i_s, H, T, NSEG, first, n):
