@@ -21,6 +21,13 @@ with its own register budget (the update partition's state takes 96 of its regis
 from shared memory except inv_den and hz: o stored from the wgmma layout by pointers cost 15% of the kernel.
 h and hz are exactly what the two-level scan stores (the backward's per-chunk kernel is shared).
 
+Row blocks: the 153 state rows are blocks 0..63, 64..127 and 128..152 (25 rows, all quadratic features). Where the
+rows are a product's N or K (the output partition's phi_q S, every product of the gradient kernel, the first pass's
+transposed last block) the last block runs at half width, rows 128..159, from its own [F, 32] tables
+(_stage_last_rows, _last_factors); the scans' update partitions keep it as a 64-row accumulator (wgmma's M is 64:
+holding it transposed, S_2^T [D, 32], staged phi_2 through shared memory and was slower, round 14 of
+bench/notes_kernels.md).
+
 The reverse scan (_hopper_reverse_scan_kernel) is the forward's update partition run backwards in time on
 (q, do, r): one program per (sequence, head, segment), the segment's chunks last to first,
   update partition (default)  dS_j += (phi_q_j(q) inv_den)^T do, dz_j += phi_q_j(q)^T r, the state in registers,
@@ -95,7 +102,7 @@ LOADER_REGS = gl.constexpr(24)        # cap (fused.HOPPER_MAXNREG: 12 warps, one
 DELTA_REGS = gl.constexpr(96)
 GRAD_DQ_REGS = gl.constexpr(192)      # the gradient kernel: dk/dv partition (default) 256, dq 192, loader 56
 GRAD_LOADER_REGS = gl.constexpr(56)
-LAST_ROWS = gl.constexpr(32)          # the first pass's last row block: rows 128..159 (25 exist), at half width
+LAST_ROWS = gl.constexpr(32)          # the last row block at half width: rows 128..159 (25 exist)
 _WGMMA_LAYOUT_L = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 32, 16])
 MMA_L = gl.constexpr(_WGMMA_LAYOUT_L)                                      # [64, 32] fp32 accumulators
 ROWS_L = gl.constexpr(gl.SliceLayout(1, _WGMMA_LAYOUT_L))                    # ... their rows
@@ -149,23 +156,25 @@ def _handshake(consumers: gl.constexpr):
 
 @gluon.jit
 def _stage_table(sel, table: gl.constexpr, dst, transposed: gl.constexpr):
-    """Selection table `table` of fused.feature_tables (A_q, A_k, B, then the three transposed) into dst, three row
-    blocks of [F, BR] ([BR, F] when transposed)."""
+    """Selection table `table` of fused.feature_tables (A_q, A_k, B, then the three transposed) into dst, its first
+    row blocks of [F, BR] ([BR, F] when transposed), as many as dst holds (three, or two where the last block runs
+    at half width from _stage_last_rows' copy)."""
     F: gl.constexpr = FEATURE_DIM
     BR: gl.constexpr = ROW_BLOCK
     MP: gl.constexpr = TABLE_ROWS
+    NBLOCKS: gl.constexpr = dst.shape[0]
     if transposed:
         ld: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])
         m = gl.arange(0, BR, layout=gl.SliceLayout(1, ld))
         f = gl.arange(0, F, layout=gl.SliceLayout(0, ld))
-        for j in gl.static_range(3):
+        for j in gl.static_range(NBLOCKS):
             dst.index(j).store(gl.load(sel + table * F * MP + (j * BR + gl.expand_dims(m, 1)) * F
                                        + gl.expand_dims(f, 0)))
     else:
         ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
         f = gl.arange(0, F, layout=gl.SliceLayout(1, ld))
         m = gl.arange(0, BR, layout=gl.SliceLayout(0, ld))
-        for j in gl.static_range(3):
+        for j in gl.static_range(NBLOCKS):
             dst.index(j).store(gl.load(sel + table * F * MP + gl.expand_dims(f, 1) * MP + j * BR
                                        + gl.expand_dims(m, 0)))
 
@@ -338,8 +347,8 @@ def _update_partition(q_desc, k_desc, v_desc, h_desc, q_ring, k_ring, v_ring, s_
 
 
 @gluon.jit
-def _output_partition(q_ring, k_ring, v_ring, s_buf, z_buf, o_buf, aq_s, b_s, in_ready, in_free, st_ready, st_free,
-                      o_desc, inv_den, i_b, i_h, H, T, first, n, eps):
+def _output_partition(q_ring, k_ring, v_ring, s_buf, z_buf, o_buf, aq_s, b_s, aq2_s, b2_s, in_ready, in_free,
+                      st_ready, st_free, o_desc, inv_den, i_b, i_h, H, T, first, n, eps):
     """o and inv_den of each chunk from the published state before it."""
     C: gl.constexpr = CHUNK
     D: gl.constexpr = HEAD_DIM
@@ -358,10 +367,16 @@ def _output_partition(q_ring, k_ring, v_ring, s_buf, z_buf, o_buf, aq_s, b_s, in
         a = gl.where(causal, 1.0 + s * LINEAR + s * s * QUADRATIC, 0.0)
         den = gl.sum(a, 1)
         num = warpgroup_mma(gl.convert_layout(a.to(gl.bfloat16), DOT_A), v_s, zero_cd)
-        for j in gl.static_range(3):
+        for j in gl.static_range(2):
             phi = _features(q_s, aq_s, b_s, j, zero_cc)
             den += gl.sum(phi * gl.expand_dims(z_buf.index(b * 3 + j).load(COLS), 0), 1)
             num = warpgroup_mma(gl.convert_layout(phi.to(gl.bfloat16), DOT_A), s_buf.index(b * 3 + j), num)
+        qa, qb = _last_factors(q_s, aq2_s, b2_s)                          # the last block at half width
+        phi = qa * qb
+        z2 = z_buf.index(b * 3 + 2).slice(0, LAST_ROWS).load(COLS_L)
+        den += gl.convert_layout(gl.sum(phi * gl.expand_dims(z2, 0), 1), ROWS)
+        num = warpgroup_mma(gl.convert_layout(phi.to(gl.bfloat16), DOT_A), s_buf.index(b * 3 + 2).slice(0, LAST_ROWS),
+                            num)
         mbarrier.arrive(in_free.index(b), count=1)
         mbarrier.arrive(st_free.index(b), count=1)
         w = 1.0 / (den + eps)
@@ -391,24 +406,28 @@ def _hopper_forward_kernel(q_desc, k_desc, v_desc, h_desc, o_desc, inv_den, hz, 
     s_buf = gl.allocate_shared_memory(gl.bfloat16, [6, BR, D], SL_CD)                 # 2 states x 3 row blocks
     o_buf = gl.allocate_shared_memory(gl.bfloat16, [C, D], SL_CD)
     z_buf = gl.allocate_shared_memory(gl.float32, [6, BR], SL_VEC)
-    aq_s = gl.allocate_shared_memory(gl.bfloat16, [3, F, BR], SL_FR)                   # selections, q side
-    b_s = gl.allocate_shared_memory(gl.bfloat16, [3, F, BR], SL_FR)
+    aq_s = gl.allocate_shared_memory(gl.bfloat16, [2, F, BR], SL_FR)                   # selections, q side
+    b_s = gl.allocate_shared_memory(gl.bfloat16, [2, F, BR], SL_FR)
     akt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], SL_RF)                  # transposed, k side
     bt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], SL_RF)
+    aq2_s = gl.allocate_shared_memory(gl.bfloat16, [F, LAST_ROWS], SL_FL)             # rows 128..159 of them
+    b2_s = gl.allocate_shared_memory(gl.bfloat16, [F, LAST_ROWS], SL_FL)
     in_ready, in_free = _handshake(2)                 # the TMA ring: the update and output partitions consume
     st_ready, st_free = _handshake(1)                 # the published states: the output partition consumes
     _stage_table(sel, 0, aq_s, False)
     _stage_table(sel, 2, b_s, False)
     _stage_table(sel, 4, akt_s, True)
     _stage_table(sel, 5, bt_s, True)
+    _stage_last_rows(sel, 0, aq2_s)
+    _stage_last_rows(sel, 2, b2_s)
     fence_async_shared()
     thread_barrier()
     _overlap_previous_kernel()
     worker_args = (q_desc, k_desc, v_desc, h_desc, q_ring, k_ring, v_ring, s_buf, z_buf, akt_s, bt_s, in_ready, in_free,
                    st_ready, st_free, hz, ends, i_b, i_h, i_s, H, T, NT, NSEG, first, n)
     gl.warp_specialize([
-        (_output_partition, (q_ring, k_ring, v_ring, s_buf, z_buf, o_buf, aq_s, b_s, in_ready, in_free, st_ready,
-                             st_free, o_desc, inv_den, i_b, i_h, H, T, first, n, eps)),
+        (_output_partition, (q_ring, k_ring, v_ring, s_buf, z_buf, o_buf, aq_s, b_s, aq2_s, b2_s, in_ready, in_free,
+                             st_ready, st_free, o_desc, inv_den, i_b, i_h, H, T, first, n, eps)),
         (_update_partition, worker_args),
         (_loader_partition, worker_args),
     ], [4, 1], [UPDATE_REGS, LOADER_REGS])
@@ -750,8 +769,8 @@ def _hopper_totals_kernel(x_desc, y_desc, w_desc, ends, sel, T, H, NT, NSEG, SEG
     w_ring = gl.allocate_shared_memory(gl.float32, [NB, C], SL_VEC)
     p_buf = gl.allocate_shared_memory(gl.bfloat16, [4, BR, C], SL_CD)                # phi_j^T: 2 per partition
     p2_buf = gl.allocate_shared_memory(gl.bfloat16, [2, C, LAST_ROWS], SL_CL)        # phi_2, the last partition's
-    at_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], SL_RF)                 # transposed selections
-    bt_s = gl.allocate_shared_memory(gl.bfloat16, [3, BR, F], SL_RF)
+    at_s = gl.allocate_shared_memory(gl.bfloat16, [2, BR, F], SL_RF)                 # transposed selections
+    bt_s = gl.allocate_shared_memory(gl.bfloat16, [2, BR, F], SL_RF)
     a2_s = gl.allocate_shared_memory(gl.bfloat16, [F, LAST_ROWS], SL_FL)             # rows 128..159 of A, B
     b2_s = gl.allocate_shared_memory(gl.bfloat16, [F, LAST_ROWS], SL_FL)
     in_ready = gl.allocate_shared_memory(gl.int64, [NB, 1], mbarrier.MBarrierLayout())
@@ -799,8 +818,8 @@ def _program_tiles(n_tiles):
 
 @gluon.jit
 def _grad_loader_partition(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_desc, q_ring, k_ring, v_ring,
-                           do_ring, h_ring, dh_ring, w_ring, r_ring, z_ring, dz_ring, aq_s, b_s, dq_buf, in_ready,
-                           in_free, inv_den, r, hz, dhz, dz_totals, H, T, NT, NSEG, SEG, n_tiles):
+                           do_ring, h_ring, dh_ring, w_ring, r_ring, z_ring, dz_ring, aq_s, b_s, aq2_s, b2_s, dq_buf,
+                           in_ready, in_free, inv_den, r, hz, dhz, dz_totals, H, T, NT, NSEG, SEG, n_tiles):
     """Into ring slot c % 2, once both consumers are done with it: TMA loads of tile c's q, k, v, do chunks and the
     three row blocks of h and dh; then the fp32 vectors, inv_den and r of the chunk's tokens, hz and dhz of its state
     row (zero past T and past the 153 rows; dhz plus the dz totals of the later segments), loaded and stored by this
@@ -860,14 +879,29 @@ def _state_vector(ring, b, j: gl.constexpr):
 
 
 @gluon.jit
-def _product_rule(acc, wgt, x_s, a_s, b_s, j: gl.constexpr, like):
-    """acc + d/dx_t [sum_m wgt[t, m] phi_m(x_t)] over row block j's rows m, [C, F]: with the factors xa, xb of
-    phi_j(x) = xa * xb (_factors), (wgt * xb) A_j^T + (wgt * xa) B_j^T, the tables transposed by the shared-memory
-    view. Returns the factors too."""
-    xa, xb = _factors(x_s, a_s, b_s, j, like)
-    acc = warpgroup_mma(gl.convert_layout((wgt * xb).to(gl.bfloat16), DOT_A_F), a_s.index(j).permute((1, 0)), acc)
-    acc = warpgroup_mma(gl.convert_layout((wgt * xa).to(gl.bfloat16), DOT_A_F), b_s.index(j).permute((1, 0)), acc)
-    return acc, xa, xb
+def _last_state_vector(ring, b):
+    """Rows 128..159 of z or dz from ring slot b, along the columns of a [C, 32] product."""
+    return ring.index(b).slice(2 * ROW_BLOCK, LAST_ROWS).load(COLS_L)
+
+
+@gluon.jit
+def _last_factors(x_s, a2_s, b2_s):
+    """(x A_2, x B_2) [tokens, 32] of the last row block, rows 128..159 (25 exist): every row there is quadratic,
+    so the selection products start from zero; phi_2(x) is their product."""
+    zero = gl.zeros([CHUNK, LAST_ROWS], gl.float32, MMA_L)
+    xa = warpgroup_mma(x_s, a2_s, zero, use_acc=False, is_async=True)
+    xb = warpgroup_mma(x_s, b2_s, zero, use_acc=False, is_async=True)
+    return warpgroup_mma_wait(0, deps=[xa, xb])
+
+
+@gluon.jit
+def _product_rule(acc, wgt, xa, xb, a_s, b_s, dot_a: gl.constexpr):
+    """acc + d/dx_t [sum_m wgt[t, m] phi_m(x_t)] over the rows m of the tables a_s, b_s [F, rows], [C, F]: with the
+    factors xa, xb of phi(x) = xa * xb (_factors), (wgt * xb) A^T + (wgt * xa) B^T, the tables transposed by the
+    shared-memory view."""
+    acc = warpgroup_mma(gl.convert_layout((wgt * xb).to(gl.bfloat16), dot_a), a_s.permute((1, 0)), acc)
+    acc = warpgroup_mma(gl.convert_layout((wgt * xa).to(gl.bfloat16), dot_a), b_s.permute((1, 0)), acc)
+    return acc
 
 
 @gluon.jit
@@ -882,14 +916,15 @@ def _store_chunk(acc, buf, desc, i_b, i_h, t0, width: gl.constexpr, later: gl.co
 
 @gluon.jit
 def _dq_partition(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_desc, q_ring, k_ring, v_ring, do_ring,
-                  h_ring, dh_ring, w_ring, r_ring, z_ring, dz_ring, aq_s, b_s, dq_buf, in_ready, in_free, inv_den, r,
-                  hz, dhz, dz_totals, H, T, NT, NSEG, SEG, n_tiles):
+                  h_ring, dh_ring, w_ring, r_ring, z_ring, dz_ring, aq_s, b_s, aq2_s, b2_s, dq_buf, in_ready, in_free,
+                  inv_den, r, hz, dhz, dz_totals, H, T, NT, NSEG, SEG, n_tiles):
     """dq of each tile: ds k, ds = causal (g v^T + r) (1/sqrt(F) + s/F), plus d/dq [phi(q).(S g + z r)] with the
     state before the chunk (S_j, z_j: h, hz): _product_rule with the weights g S_j^T + r z_j^T."""
     C: gl.constexpr = CHUNK
     F: gl.constexpr = FEATURE_DIM
     zero_cc = gl.zeros([C, C], gl.float32, MMA)
     zero_cf = gl.zeros([C, F], gl.float32, MMA_F)
+    zero_cl = gl.zeros([C, LAST_ROWS], gl.float32, MMA_L)
     t_rows = gl.arange(0, C, layout=ROWS)
     causal = gl.expand_dims(t_rows, 1) >= gl.expand_dims(gl.arange(0, C, layout=COLS), 0)
     for c in range(_program_tiles(n_tiles)):
@@ -903,18 +938,25 @@ def _dq_partition(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_desc, q_r
         s, da = warpgroup_mma_wait(0, deps=[s, da])
         ds = gl.where(causal, (da * w + rr) * (LINEAR + 2.0 * QUADRATIC * s), 0.0)
         dq = warpgroup_mma(gl.convert_layout(ds.to(gl.bfloat16), DOT_A_F), k_s, zero_cf)
-        for j in gl.static_range(3):
+        for j in gl.static_range(2):
             wq = warpgroup_mma(do_s, h_ring.index(b * 3 + j).permute((1, 0)), zero_cc)
             wq = wq * w + rr * gl.expand_dims(_state_vector(z_ring, b, j), 0)
-            dq, qa, qb = _product_rule(dq, wq, q_s, aq_s, b_s, j, zero_cc)
+            qa, qb = _factors(q_s, aq_s, b_s, j, zero_cc)
+            dq = _product_rule(dq, wq, qa, qb, aq_s.index(j), b_s.index(j), DOT_A_F)
+        h2 = h_ring.index(b * 3 + 2).slice(0, LAST_ROWS)                  # the last block at half width
+        wq = warpgroup_mma(do_s, h2.permute((1, 0)), zero_cl)
+        wq = wq * gl.convert_layout(w, MMA_L) + gl.convert_layout(rr, MMA_L) * gl.expand_dims(
+            _last_state_vector(z_ring, b), 0)
+        qa, qb = _last_factors(q_s, aq2_s, b2_s)
+        dq = _product_rule(dq, wq, qa, qb, aq2_s, b2_s, DOT_A_F)
         mbarrier.arrive(in_free.index(b), count=1)
         _store_chunk(dq, dq_buf, dq_desc, i_b, i_h, i_t * C, F, 0)
     tma.store_wait(0)
 
 
 @gluon.jit
-def _dkdv_partition(q_ring, k_ring, v_ring, do_ring, dh_ring, w_ring, r_ring, dz_ring, ak_s, b_s, dk_buf, dv_buf,
-                    in_ready, in_free, dk_desc, dv_desc, H, T, NT, n_tiles):
+def _dkdv_partition(q_ring, k_ring, v_ring, do_ring, dh_ring, w_ring, r_ring, dz_ring, ak_s, b_s, ak2_s, b2_s, dk_buf,
+                    dv_buf, in_ready, in_free, dk_desc, dv_desc, H, T, NT, n_tiles):
     """dk and dv of each tile, transposed intra-chunk matrices (key j on rows, query i on columns):
     dk = ds^T q + d/dk [phi(k).(dS v + dz)],  dv = (a^T * inv_den) do + sum_j phi_k_j(k) dS_j
     with the reverse-time state after the chunk (dS_j, dz_j: dh, dhz): _product_rule with the weights
@@ -925,6 +967,7 @@ def _dkdv_partition(q_ring, k_ring, v_ring, do_ring, dh_ring, w_ring, r_ring, dz
     zero_cc = gl.zeros([C, C], gl.float32, MMA)
     zero_cf = gl.zeros([C, F], gl.float32, MMA_F)
     zero_cd = gl.zeros([C, D], gl.float32, MMA)
+    zero_cl = gl.zeros([C, LAST_ROWS], gl.float32, MMA_L)
     t_cols = gl.arange(0, C, layout=COLS)
     causal_t = gl.expand_dims(gl.arange(0, C, layout=ROWS), 1) <= gl.expand_dims(t_cols, 0)
     for c in range(_program_tiles(n_tiles)):
@@ -941,11 +984,17 @@ def _dkdv_partition(q_ring, k_ring, v_ring, do_ring, dh_ring, w_ring, r_ring, dz
         dk = warpgroup_mma(gl.convert_layout(dst.to(gl.bfloat16), DOT_A_F), q_s, zero_cf)
         at = gl.where(causal_t, (1.0 + st * LINEAR + st * st * QUADRATIC) * w, 0.0)
         dv = warpgroup_mma(gl.convert_layout(at.to(gl.bfloat16), DOT_A), do_s, zero_cd)
-        for j in gl.static_range(3):
+        for j in gl.static_range(2):
             dh_s = dh_ring.index(b * 3 + j)
             wk = warpgroup_mma(v_s, dh_s.permute((1, 0)), zero_cc) + gl.expand_dims(_state_vector(dz_ring, b, j), 0)
-            dk, ka, kb = _product_rule(dk, wk, k_s, ak_s, b_s, j, zero_cc)
+            ka, kb = _factors(k_s, ak_s, b_s, j, zero_cc)
+            dk = _product_rule(dk, wk, ka, kb, ak_s.index(j), b_s.index(j), DOT_A_F)
             dv = warpgroup_mma(gl.convert_layout((ka * kb).to(gl.bfloat16), DOT_A), dh_s, dv)
+        dh2 = dh_ring.index(b * 3 + 2).slice(0, LAST_ROWS)                 # the last block at half width
+        wk = warpgroup_mma(v_s, dh2.permute((1, 0)), zero_cl) + gl.expand_dims(_last_state_vector(dz_ring, b), 0)
+        ka, kb = _last_factors(k_s, ak2_s, b2_s)
+        dk = _product_rule(dk, wk, ka, kb, ak2_s, b2_s, DOT_A_F)
+        dv = warpgroup_mma(gl.convert_layout((ka * kb).to(gl.bfloat16), DOT_A), dh2, dv)
         mbarrier.arrive(in_free.index(b), count=1)
         _store_chunk(dk, dk_buf, dk_desc, i_b, i_h, i_t * C, F, 1)
         _store_chunk(dv, dv_buf, dv_desc, i_b, i_h, i_t * C, D, 1)
@@ -977,9 +1026,12 @@ def _hopper_grad_kernel(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_des
     dq_buf = gl.allocate_shared_memory(gl.bfloat16, [C, F], SL_CF)
     dk_buf = gl.allocate_shared_memory(gl.bfloat16, [C, F], SL_CF)
     dv_buf = gl.allocate_shared_memory(gl.bfloat16, [C, D], SL_CD)
-    aq_s = gl.allocate_shared_memory(gl.bfloat16, [3, F, BR], SL_FR)                   # selections
-    ak_s = gl.allocate_shared_memory(gl.bfloat16, [3, F, BR], SL_FR)
-    b_s = gl.allocate_shared_memory(gl.bfloat16, [3, F, BR], SL_FR)
+    aq_s = gl.allocate_shared_memory(gl.bfloat16, [2, F, BR], SL_FR)                   # selections
+    ak_s = gl.allocate_shared_memory(gl.bfloat16, [2, F, BR], SL_FR)
+    b_s = gl.allocate_shared_memory(gl.bfloat16, [2, F, BR], SL_FR)
+    aq2_s = gl.allocate_shared_memory(gl.bfloat16, [F, LAST_ROWS], SL_FL)             # rows 128..159 of them
+    ak2_s = gl.allocate_shared_memory(gl.bfloat16, [F, LAST_ROWS], SL_FL)
+    b2_s = gl.allocate_shared_memory(gl.bfloat16, [F, LAST_ROWS], SL_FL)
     in_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     in_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(2):      # the ring: the TMA's bytes and the loader's vectors; the two consumers
@@ -988,15 +1040,18 @@ def _hopper_grad_kernel(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_des
     _stage_table(sel, 0, aq_s, False)
     _stage_table(sel, 1, ak_s, False)
     _stage_table(sel, 2, b_s, False)
+    _stage_last_rows(sel, 0, aq2_s)
+    _stage_last_rows(sel, 1, ak2_s)
+    _stage_last_rows(sel, 2, b2_s)
     fence_async_shared()
     thread_barrier()
     _overlap_previous_kernel()
     worker_args = (q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, dq_desc, q_ring, k_ring, v_ring, do_ring, h_ring,
-                   dh_ring, w_ring, r_ring, z_ring, dz_ring, aq_s, b_s, dq_buf, in_ready, in_free, inv_den, r, hz, dhz,
-                   dz_totals, H, T, NT, NSEG, SEG, n_tiles)
+                   dh_ring, w_ring, r_ring, z_ring, dz_ring, aq_s, b_s, aq2_s, b2_s, dq_buf, in_ready, in_free, inv_den,
+                   r, hz, dhz, dz_totals, H, T, NT, NSEG, SEG, n_tiles)
     gl.warp_specialize([
-        (_dkdv_partition, (q_ring, k_ring, v_ring, do_ring, dh_ring, w_ring, r_ring, dz_ring, ak_s, b_s, dk_buf,
-                           dv_buf, in_ready, in_free, dk_desc, dv_desc, H, T, NT, n_tiles)),
+        (_dkdv_partition, (q_ring, k_ring, v_ring, do_ring, dh_ring, w_ring, r_ring, dz_ring, ak_s, b_s, ak2_s, b2_s,
+                           dk_buf, dv_buf, in_ready, in_free, dk_desc, dv_desc, H, T, NT, n_tiles)),
         (_dq_partition, worker_args),
         (_grad_loader_partition, worker_args),
     ], [4, 1], [GRAD_DQ_REGS, GRAD_LOADER_REGS])
